@@ -1,0 +1,55 @@
+"""Loading a job file: a Python file that defines ``job = paceline.Job(...)``."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import ConfigError, PacelineError
+from .job import Job
+
+__all__ = ["load_job"]
+
+
+def load_job(path: str | os.PathLike[str]) -> Job:
+    """Run the job file and return its ``job``; any problem is one readable ConfigError."""
+    file = Path(path)
+    if not file.exists():
+        raise ConfigError(f"job file not found: {file}")
+    if not file.is_file():
+        raise ConfigError(f"job file is not a file: {file}")
+    folder = str(file.parent.resolve())
+    # Helpers beside the job file import as they would when running it with python.
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        namespace = runpy.run_path(str(file), run_name="__paceline_job__")
+    except PacelineError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    except SyntaxError as exc:
+        raise ConfigError(f"{file}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except Exception as exc:
+        line = _line_in(file, exc)
+        where = f"{file}:{line}" if line else str(file)
+        raise ConfigError(f"{where}: {type(exc).__name__}: {exc}") from None
+    job = namespace.get("job")
+    if job is None:
+        raise ConfigError(f"{file} does not define `job` (job = paceline.Job(...))")
+    if not isinstance(job, Job):
+        raise ConfigError(f"{file}: `job` is a {type(job).__name__}, not a paceline.Job")
+    if job.task_fn is None:
+        raise ConfigError(f"{file}: job {job.name!r} has no task (decorate one with @job.task)")
+    job.home = file.parent.resolve()
+    return job
+
+
+def _line_in(file: Path, exc: BaseException) -> int | None:
+    target = str(file.resolve())
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if str(Path(frame.filename).resolve()) == target:
+            line = frame.lineno
+    return line

@@ -1,0 +1,259 @@
+"""The ``paceline`` command: thin subcommands over the public API.
+
+Every error is one readable line on stderr and exit code 2; a traceback only with
+``PACELINE_DEBUG=1``. Exit codes: 0 all done, 1 some items failed for good, 2 bad usage or
+configuration, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from ._jobfile import load_job
+from .errors import PacelineError
+from .report import LiveReporter, LogReporter, Reporter, summary_text
+from .status import dry_run, job_status
+
+__all__ = ["cli", "main"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_store_option = click.option(
+    "--store",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="PACELINE_STORE",
+    show_envvar=True,
+    help="Store file (default: .paceline/<job>.db beside the job file).",
+)
+_jobfile = click.argument("jobfile", type=click.Path(path_type=Path))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="paceline")
+def cli() -> None:
+    """Run large batch jobs through rate-limited APIs: resumable, exactly once, at the
+    quota's limit."""
+
+
+@cli.command()
+@_jobfile
+@_store_option
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), envvar="PACELINE_CONCURRENCY",
+              show_envvar=True, help="Items in flight at once (default: the job's, 16).")
+@click.option("--sequential", is_flag=True, help="One item at a time, in order.")
+@click.option("--max-items", type=click.IntRange(min=0), help="Stop after taking N items.")
+@click.option("--dry-run", is_flag=True,
+              help="Read and check the whole source; report what a run would do; call nothing.")
+@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds in-flight items get to finish after the first Ctrl+C.")
+@click.option("--progress", type=click.Choice(["auto", "live", "log", "none"]), default="auto",
+              show_default=True, help="Live dashboard, plain log lines, or nothing.")
+@click.option("--log-every", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Plain log mode: a line every N items...")
+@click.option("--log-interval", type=click.FloatRange(min=0.1), default=10.0,
+              show_default=True, help="...or every T seconds.")
+def run(jobfile: Path, store: Path | None, concurrency: int | None, sequential: bool,
+        max_items: int | None, dry_run: bool, grace: float, progress: str, log_every: int,
+        log_interval: float) -> int:
+    """Run (or continue) the job defined in JOBFILE."""
+    job = load_job(jobfile)
+    store_path = job.store_path(store)
+    if dry_run:
+        report = dry_run_report(job, store_path)
+        click.echo(report)
+        return 0
+    if progress == "auto":
+        progress = "live" if sys.stderr.isatty() else "log"
+    reporter: Reporter | None
+    if progress == "live":
+        reporter = LiveReporter()
+    elif progress == "log":
+        reporter = LogReporter(every_items=log_every, every_seconds=log_interval)
+    else:
+        reporter = None
+    result = job.run(store=store_path, concurrency=concurrency, sequential=sequential,
+                     max_items=max_items, grace=grace, reporter=reporter,
+                     install_signal_handlers=True)
+    if reporter is None:
+        click.echo(summary_text(result))
+    return result.exit_code
+
+
+def dry_run_report(job: Any, store_path: Path) -> str:
+    r = dry_run(job, store_path)
+    lines = [
+        f"dry run of job {job.name!r}: {r.records:,} records in {job.source.describe()}",
+        f"  new (would run):     {r.new:,}",
+        f"  already done:        {r.done:,}",
+        f"  waiting or retrying: {r.waiting:,}",
+        f"  failed before:       {r.failed:,}",
+        f"  invalid:             {r.invalid:,}",
+        f"  duplicate ids:       {r.duplicates:,}",
+    ]
+    lines += [f"    {example}" for example in r.examples]
+    lines.append("nothing was called and nothing was written")
+    return "\n".join(lines)
+
+
+@cli.command()
+@_jobfile
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(jobfile: Path, store: Path | None, as_json: bool) -> int:
+    """Show how far the job is; works while it runs, from another process."""
+    job = load_job(jobfile)
+    data = job_status(job, job.store_path(store))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return 0
+    click.echo(f"job {data['job']!r}: {data['state']}  (store {data['store']})")
+    total = data["total"] or 1
+    click.echo(
+        f"  {data['done'] + data['failed']:,}/{data['total']:,} "
+        f"({100.0 * (data['done'] + data['failed']) / total:.1f}%)  done {data['done']:,}"
+        f" · failed {data['failed']:,} · pending {data['pending']:,}"
+        f" (retrying {data['retrying']:,}) · in flight {data['running']:,}"
+    )
+    run = data["run"] or {}
+    if data["state"] == "running":
+        eta = run.get("eta_seconds")
+        click.echo(f"  pid {run.get('pid')} on {run.get('host')} · {run.get('rate_now', 0)}/s now"
+                   f" · ETA {'--' if eta is None else f'{eta:.0f}s'}")
+    if data["duplicates"]:
+        click.echo(f"  duplicate ids in the source: {data['duplicates']:,}")
+    for key in data["keys"]:
+        click.echo(f"  key {key['key']}: {key['requests']:,} requests · {key['tokens']:,} tokens"
+                   f" · {key['rate_limited']:,}×429 · {key['state']}")
+    if data["recent_failures"]:
+        click.echo("  recent failures:")
+        for f in data["recent_failures"]:
+            click.echo(f"    {f['id']} (attempts {f['attempts']}): {f['error'][:200]}")
+    return 0
+
+
+@cli.command()
+@_jobfile
+@_store_option
+def retry(jobfile: Path, store: Path | None) -> int:
+    """Put items that failed for good back in line, with a fresh retry budget."""
+    from .store import SQLiteStore
+
+    job = load_job(jobfile)
+    path = job.store_path(store)
+    if not path.exists():
+        raise click.UsageError(f"no store at {path}: the job has not run yet")
+    db = SQLiteStore(path)
+    try:
+        db.bind_job(job.name)
+        n = db.retry_failed()
+        left = db.counts().get("failed", 0)
+    finally:
+        db.close()
+    click.echo(f"{n:,} failed item(s) put back; run `paceline run {jobfile}` to process them")
+    if left:
+        click.echo(f"{left:,} invalid source line(s) stay failed: fix them in the source")
+    return 0
+
+
+@cli.command()
+@click.option("--items", type=click.IntRange(min=1, max=100_000), default=300,
+              show_default=True, help="Documents in the demo job.")
+@click.option("--keys", "n_keys", type=click.IntRange(min=1, max=50), default=4,
+              show_default=True, help="Simulated API keys.")
+@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("paceline-demo"), show_default=True,
+              help="Where the demo writes its input, store and results.")
+@click.option("--progress", type=click.Choice(["auto", "live", "log"]), default="auto",
+              show_default=True)
+def demo(items: int, n_keys: int, workdir: Path, progress: str) -> int:
+    """Run a sample job against the built-in simulated API (no server, key or network)."""
+    from .demo import run_demo
+
+    return run_demo(items=items, n_keys=n_keys, workdir=workdir, progress=progress)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8800, show_default=True)
+@click.option("--keys", "keys", default=None,
+              help="Comma-separated keys to accept (default: any key).")
+@click.option("--revoked", default="", help="Comma-separated keys answered as invalid.")
+@click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests/minute per key.")
+@click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens/minute per key.")
+@click.option("--rpd", type=click.IntRange(min=1), default=None, help="Requests/day per key.")
+@click.option("--rph", type=click.IntRange(min=1), default=None,
+              help="Requests/hour per key (GitHub style).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
+              help="In-flight requests per key.")
+@click.option("--latency", default="fixed:0.05", show_default=True,
+              help="fixed:S, uniform:A,B or lognormal:MEDIAN,SIGMA (seconds).")
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of requests answered 5xx.")
+@click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of requests that hang.")
+@click.option("--hang-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+def sim(host: str, port: int, keys: str | None, revoked: str, rpm: int | None,
+        tpm: int | None, rpd: int | None, rph: int | None, concurrency: int | None,
+        latency: str, error_rate: float, hang_rate: float, hang_seconds: float,
+        seed: int | None) -> int:
+    """Serve the simulated rate-limited provider (OpenAI, Anthropic, GitHub, Gemini styles)."""
+    from .sim import KeyLimits, SimConfig, parse_latency, serve
+
+    try:
+        lat = parse_latency(latency)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--latency") from None
+    limits = KeyLimits(rpm=rpm, tpm=tpm, rpd=rpd, rph=rph, concurrency=concurrency)
+    accepted = [k for k in (keys or "").split(",") if k.strip()]
+    config = SimConfig(
+        keys={k.strip(): limits for k in accepted} if accepted else None,
+        default_limits=limits,
+        revoked=frozenset(k.strip() for k in revoked.split(",") if k.strip()),
+        latency=lat,
+        error_rate=error_rate,
+        hang_rate=hang_rate,
+        hang_seconds=hang_seconds,
+        seed=seed,
+    )
+    serve(config, host, port)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        code = cli.main(args=argv, prog_name="paceline", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        _error("interrupted")
+        code = EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        _error(exc.format_message().replace("\n", " "))
+        code = EXIT_USAGE
+    except PacelineError as exc:
+        _error(str(exc))
+        code = EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        code = EXIT_INTERRUPTED
+    except Exception as exc:
+        if os.environ.get("PACELINE_DEBUG"):
+            traceback.print_exc()
+        _error(f"unexpected {type(exc).__name__}: {exc} (set PACELINE_DEBUG=1 for details)")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error(message: str) -> None:
+    click.echo(f"paceline: error: {message}", err=True)

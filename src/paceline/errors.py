@@ -1,0 +1,59 @@
+"""Every error paceline raises on purpose.
+
+::
+
+    PacelineError
+    ├── ConfigError          bad job file, option or source: the CLI exits 2 with one line
+    │   └── JobAlreadyRunning  another live run holds the job's store
+    ├── StoreError           the store cannot be opened or is not a paceline store
+    └── TaskError            raised *by task code* to say how paceline should treat a failure
+        ├── Retryable        try the item again later (optionally after ``retry_after`` s)
+        └── Permanent        give up on the item now, whatever the retry budget
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "JobAlreadyRunning",
+    "PacelineError",
+    "Permanent",
+    "Retryable",
+    "StoreError",
+    "TaskError",
+]
+
+
+class PacelineError(Exception):
+    """Base of every error paceline raises on purpose."""
+
+
+class ConfigError(PacelineError):
+    """The job, an option or the source is wrong; the message says what to change."""
+
+
+class JobAlreadyRunning(ConfigError):
+    """Another live process is running the same job on the same store."""
+
+
+class StoreError(PacelineError):
+    """The store could not be opened or read."""
+
+
+class TaskError(PacelineError):
+    """Raised by task code to steer what happens to the item."""
+
+
+class Retryable(TaskError):
+    """The item failed for a passing reason: try it again later.
+
+    >>> raise Retryable("upstream busy", retry_after=30)  # doctest: +SKIP
+    """
+
+    def __init__(self, message: str = "retryable failure", *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Permanent(TaskError):
+    """The item cannot succeed: fail it now, without using the retry budget."""

@@ -1,0 +1,34 @@
+"""Items: the units of work, and the statuses they move through."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Item", "Status"]
+
+
+class Status(enum.StrEnum):
+    """Where an item stands. ``retry`` items wait in the store until their due time."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRY = "retry"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One unit of work, as the task sees it.
+
+    ``id`` is the stable id from the source, ``data`` the source record, ``attempts`` how
+    many attempts came before this one (0 on the first).
+    """
+
+    id: str
+    data: dict[str, Any]
+    priority: float = 0.0
+    attempts: int = 0
+    seq: int = field(default=0, repr=False, compare=False)

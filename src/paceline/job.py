@@ -1,0 +1,133 @@
+"""The job: a name, a source, a task, a sink, a key pool and options.
+
+>>> job = Job("summaries", source=JSONL("docs.jsonl", id="doc_id"),
+...           sink=SQLiteSink("out.db", table="summaries"))       # doctest: +SKIP
+>>> @job.task
+... async def summarize(item, ctx):
+...     return {"words": len(item.data["text"].split())}          # doctest: +SKIP
+>>> job.run()                                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .clock import SYSTEM_CLOCK, Clock
+from .context import Context
+from .errors import ConfigError
+from .item import Item
+from .keys import KeyPool
+from .retry import Backoff
+from .sinks import Sink, as_sink
+from .sources import Source, as_source
+
+if TYPE_CHECKING:
+    from .engine import RunResult
+    from .report import Reporter
+
+__all__ = ["DEFAULT_CONCURRENCY", "Job", "TaskFn"]
+
+TaskFn = Callable[[Item, Context], Awaitable[dict[str, Any] | None] | dict[str, Any] | None]
+
+DEFAULT_CONCURRENCY = 16
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class Job:
+    """A batch job. Define its task with :meth:`task`, then :meth:`run` it.
+
+    ``retries`` is how many times a retryable failure is tried again (so ``retries + 1``
+    attempts at most); ``retry_on`` lists exception types of your own that are retryable;
+    ``timeout`` bounds one attempt of an ``async`` task, in seconds.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        source: Any,
+        sink: Any = None,
+        keys: KeyPool | None = None,
+        retries: int = 5,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout: float | None = None,
+        http_timeout: float = 60.0,
+        backoff: Backoff | None = None,
+        retry_on: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        if not _NAME.match(name):
+            raise ConfigError(
+                f"job name {name!r}: use letters, digits, '.', '_' or '-' (it names the store file)"
+            )
+        if retries < 0:
+            raise ConfigError("retries must be 0 or more")
+        if concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        if keys is not None and not isinstance(keys, KeyPool):
+            raise ConfigError("keys must be a paceline.KeyPool")
+        self.name = name
+        self.source: Source = as_source(source)
+        self.sink: Sink = as_sink(sink)
+        self.keys = keys
+        self.retries = retries
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.http_timeout = http_timeout
+        self.backoff = backoff or Backoff()
+        self.retry_on = retry_on
+        self.task_fn: TaskFn | None = None
+        #: Where the default store lives: the job file's folder when run by the CLI.
+        self.home = Path.cwd()
+
+    def task(self, fn: TaskFn) -> TaskFn:
+        """Register the task: ``async def task(item, ctx) -> dict | None`` (or a plain def)."""
+        if not callable(fn):
+            raise ConfigError("@job.task must decorate a function")
+        self.task_fn = fn
+        return fn
+
+    def store_path(self, store: str | os.PathLike[str] | None = None) -> Path:
+        """The store file: ``store`` if given, else ``.paceline/<job>.db`` beside the job."""
+        if store is not None:
+            return Path(store)
+        return self.home / ".paceline" / f"{self.name}.db"
+
+    async def run_async(
+        self,
+        *,
+        store: str | os.PathLike[str] | None = None,
+        concurrency: int | None = None,
+        sequential: bool = False,
+        max_items: int | None = None,
+        grace: float = 30.0,
+        reporter: Reporter | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        install_signal_handlers: bool = False,
+    ) -> RunResult:
+        """Run until every item is done or failed for good (or a stop); see :meth:`run`."""
+        from .engine import Engine
+        from .report import run_with_reporter
+
+        workers = 1 if sequential else (concurrency or self.concurrency)
+        if workers < 1:
+            raise ConfigError("concurrency must be at least 1")
+        if max_items is not None and max_items < 0:
+            raise ConfigError("max-items must be 0 or more")
+        engine = Engine(
+            self,
+            self.store_path(store),
+            concurrency=workers,
+            max_items=max_items,
+            grace=grace,
+            clock=clock,
+        )
+        return await run_with_reporter(engine, reporter, install_signal_handlers)
+
+    def run(self, **options: Any) -> RunResult:
+        """Run the job to its end in a fresh event loop. Options as :meth:`run_async`."""
+        return asyncio.run(self.run_async(**options))

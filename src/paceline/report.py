@@ -1,0 +1,256 @@
+"""Showing a run: a live dashboard in a terminal, plain log lines elsewhere, a summary.
+
+The reporter polls :meth:`Engine.snapshot` (cheap, no I/O) a few times a second; the
+engine never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from typing import IO, TYPE_CHECKING, Protocol
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from .engine import Engine, RunResult, Snapshot
+
+__all__ = [
+    "LiveReporter",
+    "LogReporter",
+    "QuietReporter",
+    "Reporter",
+    "format_duration",
+    "run_with_reporter",
+    "summary_text",
+]
+
+
+class Reporter(Protocol):
+    """Follows a run while it goes and tells how it ended."""
+
+    async def follow(self, engine: Engine) -> None: ...
+
+    def note(self, message: str) -> None: ...
+
+    def finish(self, result: RunResult) -> None: ...
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours >= 48:
+        return f"{hours // 24}d{hours % 24:02d}h"
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.1f}/s" if value < 100 else f"{value:,.0f}/s"
+
+
+def summary_text(result: RunResult) -> str:
+    """The final summary, printed after every run."""
+    s = result.snapshot
+    if result.stop_reason == "max-items":
+        head = f"stopped after --max-items ({s.done_this_run + s.failed_this_run} items)"
+    elif result.interrupted:
+        head = f"stopped ({result.stop_reason})"
+    elif s.failed:
+        head = "finished with failures"
+    else:
+        head = "finished"
+    lines = [
+        f"paceline: job {s.job!r} {head} in {format_duration(s.elapsed)}",
+        f"  this run: {s.done_this_run:,} done, {s.failed_this_run:,} failed"
+        f" · throughput avg {_rate(s.rate_avg)}, peak {_rate(s.rate_peak)}",
+        f"  overall:  {s.done:,} done, {s.failed:,} failed, {s.pending + s.running:,} pending"
+        f" of {s.total:,}",
+    ]
+    if s.duplicates:
+        lines.append(f"  duplicate ids in the source (skipped): {s.duplicates:,}")
+    for key in s.keys:
+        lines.append(
+            f"  key {key['key']}: {key['requests']:,} requests, {key['rate_limited']:,}×429,"
+            f" {key['state']}"
+        )
+    lines.append(f"  results: {result.sink}")
+    lines.append(f"  store:   {result.store}")
+    if s.failed:
+        lines.append("  failed items: `paceline status JOBFILE` shows why; "
+                     "`paceline retry JOBFILE` puts them back")
+    if result.interrupted or s.pending:
+        lines.append("  run the same command again to continue where this run stopped")
+    return "\n".join(lines)
+
+
+class QuietReporter:
+    """Shows nothing (library use, tests)."""
+
+    async def follow(self, engine: Engine) -> None:
+        return None
+
+    def note(self, message: str) -> None:
+        return None
+
+    def finish(self, result: RunResult) -> None:
+        return None
+
+
+class LogReporter:
+    """One plain line every ``every_items`` items or ``every_seconds`` seconds."""
+
+    def __init__(self, stream: IO[str] | None = None, *, every_items: int = 1000,
+                 every_seconds: float = 10.0, summary: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.summary = summary or sys.stdout
+        self.every_items = max(1, every_items)
+        self.every_seconds = every_seconds
+
+    def line(self, s: Snapshot) -> str:
+        pct = 100.0 * (s.done + s.failed) / s.total if s.total else 0.0
+        total = f"{s.total:,}" + ("" if s.source_done else "+")
+        return (
+            f"[paceline] {s.job}: {s.done + s.failed:,}/{total} ({pct:.1f}%) done={s.done:,}"
+            f" failed={s.failed:,} pending={s.pending:,} in_flight={s.running:,}"
+            f" rate={_rate(s.rate_now)} avg={_rate(s.rate_avg)}"
+            f" eta={format_duration(s.eta)}"
+        )
+
+    def _write(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    async def follow(self, engine: Engine) -> None:
+        last_time = time.monotonic()
+        last_count = 0
+        while True:
+            await asyncio.sleep(0.25)
+            s = engine.snapshot()
+            count = s.done_this_run + s.failed_this_run
+            now = time.monotonic()
+            if count // self.every_items > last_count // self.every_items or (
+                now - last_time >= self.every_seconds
+            ):
+                self._write(self.line(s))
+                last_time, last_count = now, count
+
+    def note(self, message: str) -> None:
+        self._write(f"[paceline] {message}")
+
+    def finish(self, result: RunResult) -> None:
+        print(summary_text(result), file=self.summary, flush=True)
+
+
+class LiveReporter:
+    """A live dashboard (rich) on a terminal."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self._note: str | None = None
+
+    def render(self, s: Snapshot) -> Group:
+        finished = s.done + s.failed
+        total = max(s.total, 1)
+        head = Table.grid(expand=True)
+        head.add_column()
+        head.add_column(justify="right")
+        title = Text.assemble(("paceline ", "bold cyan"), (s.job, "bold"))
+        head.add_row(title, f"elapsed {format_duration(s.elapsed)} · ETA {format_duration(s.eta)}")
+        bar = Table.grid(expand=True, padding=(0, 1))
+        bar.add_column(ratio=1)
+        bar.add_column(justify="right")
+        more = "" if s.source_done else "+ (reading source)"
+        bar.add_row(
+            ProgressBar(total=total, completed=finished),
+            f"{100.0 * finished / total:5.1f}%  {finished:,}/{s.total:,}{more}",
+        )
+        counts = Text.assemble(
+            ("done ", "dim"), (f"{s.done:,}", "green"), ("  failed ", "dim"),
+            (f"{s.failed:,}", "red" if s.failed else ""), ("  pending ", "dim"),
+            f"{s.pending:,}", ("  in flight ", "dim"), f"{s.running:,}",
+        )
+        if s.retrying:
+            counts.append(f"  (retrying {s.retrying:,})", "yellow")
+        rates = Text(
+            f"throughput now {_rate(s.rate_now)} · avg {_rate(s.rate_avg)} · "
+            f"peak {_rate(s.rate_peak)}", "dim")
+        parts: list[object] = [head, bar, counts, rates]
+        if s.keys:
+            keys = Table(box=None, padding=(0, 2), show_edge=False)
+            for column in ("key", "requests", "tokens", "429s", "state"):
+                keys.add_column(column, style="dim" if column == "key" else "")
+            for k in s.keys:
+                keys.add_row(k["key"], f"{k['requests']:,}", f"{k['tokens']:,}",
+                             f"{k['rate_limited']:,}", k["state"])
+            parts.append(keys)
+        if s.errors:
+            parts.append(Text("last errors:", "bold red"))
+            for item_id, error in s.errors[-5:]:
+                parts.append(Text(f"  {item_id}: {error[:150]}", "red", overflow="ellipsis",
+                                  no_wrap=True))
+        if self._note:
+            parts.append(Text(self._note, "yellow"))
+        return Group(*parts)  # type: ignore[arg-type]
+
+    async def follow(self, engine: Engine) -> None:
+        with Live(self.render(engine.snapshot()), console=self.console,
+                  refresh_per_second=4, transient=False) as live:
+            try:
+                while True:
+                    await asyncio.sleep(0.25)
+                    live.update(self.render(engine.snapshot()))
+            finally:
+                live.update(self.render(engine.snapshot()))
+
+    def note(self, message: str) -> None:
+        self._note = message
+
+    def finish(self, result: RunResult) -> None:
+        Console().print(summary_text(result), highlight=False, markup=False)
+
+
+async def run_with_reporter(
+    engine: Engine, reporter: Reporter | None, install_signal_handlers: bool
+) -> RunResult:
+    """Run ``engine`` while ``reporter`` follows it; SIGINT/SIGTERM stop it gracefully.
+
+    The first signal stops taking new items and lets those in flight finish (within the
+    grace period); a second one stops at once.
+    """
+    reporter = reporter or QuietReporter()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM) if install_signal_handlers else ()
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if engine.snapshot().stopping is None:
+            reporter.note(
+                f"{name}: finishing {engine.snapshot().running} item(s) in flight "
+                f"(up to {engine.grace:.0f}s); press Ctrl+C again to stop at once"
+            )
+        else:
+            reporter.note(f"{name} again: stopping now")
+        engine.stop("interrupted")
+
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+    follower = asyncio.create_task(reporter.follow(engine))
+    try:
+        result = await engine.run()
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    reporter.finish(result)
+    return result

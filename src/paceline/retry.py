@@ -1,0 +1,129 @@
+"""Deciding what a failed attempt means: retry later (and when), or give up.
+
+A retry is a stored decision, not a sleep: the engine writes the item back to the store as
+``retry`` with its due time, so a waiting retry survives a restart.
+
+Retryable: HTTP 429, 408 and 5xx; connection errors and timeouts; SQLite "busy/locked";
+:class:`~paceline.Retryable` raised by the task; any exception type the job lists in
+``retry_on``. Everything else, other 4xx included, is permanent. A ``Retry-After`` (or
+``retry-after-ms``) on the answer sets the delay; otherwise exponential backoff with full
+jitter (a uniform draw between 0 and ``base * 2**(attempt-1)``, capped).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from .errors import Permanent, Retryable
+
+__all__ = ["Backoff", "Failure", "classify", "retry_after_seconds"]
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter."""
+
+    base: float = 1.0
+    cap: float = 120.0
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
+        ceiling = min(self.cap, self.base * 2 ** max(0, attempt - 1))
+        return (rng or random).uniform(0, ceiling)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How an exception was read: retryable or not, a wait the server asked for, a message."""
+
+    retryable: bool
+    retry_after: float | None
+    message: str
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
+    """The wait a server asked for in ``retry-after-ms`` or ``Retry-After`` (s or date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+_RETRYABLE_STATUS = frozenset({408, 429})
+
+
+def _status_retryable(status: int) -> bool:
+    return status in _RETRYABLE_STATUS or status >= 500
+
+
+def _http_message(response: httpx.Response) -> str:
+    request = response.request
+    url = request.url.copy_with(query=None)
+    text = f"HTTP {response.status_code} {response.reason_phrase} from {request.method} {url}"
+    try:
+        body = response.text.strip().replace("\n", " ")
+    except (httpx.ResponseNotRead, UnicodeDecodeError):
+        body = ""
+    if body:
+        text += f": {body[:300]}"
+    return text
+
+
+def _exception_text(exc: BaseException) -> str:
+    text = str(exc).strip().replace("\n", " ")
+    name = type(exc).__name__
+    text = f"{name}: {text}" if text else name
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def classify(
+    exc: BaseException, now: float, retry_on: tuple[type[BaseException], ...] = ()
+) -> Failure:
+    """Read an exception raised by an attempt."""
+    if isinstance(exc, Retryable):
+        return Failure(True, exc.retry_after, _exception_text(exc))
+    if isinstance(exc, Permanent):
+        return Failure(False, None, _exception_text(exc))
+    if isinstance(exc, httpx.HTTPStatusError):
+        response = exc.response
+        status = response.status_code
+        after = retry_after_seconds(response.headers, now)
+        return Failure(_status_retryable(status), after, _http_message(response))
+    if isinstance(exc, (httpx.TransportError, TimeoutError)):
+        return Failure(True, None, _exception_text(exc))
+    if isinstance(exc, sqlite3.OperationalError) and any(
+        word in str(exc) for word in ("locked", "busy")
+    ):
+        return Failure(True, None, _exception_text(exc))
+    # SDK errors (openai, anthropic, google) carry the HTTP status and the answer.
+    status = getattr(exc, "status_code", None)
+    response = getattr(exc, "response", None)
+    if status is None and response is not None:
+        status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        headers = getattr(response, "headers", None) or {}
+        after = retry_after_seconds(headers, now) if isinstance(headers, Mapping) else None
+        return Failure(_status_retryable(status), after, _exception_text(exc))
+    if retry_on and isinstance(exc, retry_on):
+        return Failure(True, None, _exception_text(exc))
+    return Failure(False, None, _exception_text(exc))

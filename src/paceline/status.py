@@ -1,0 +1,159 @@
+"""What a job's store says about it, for ``paceline status`` and ``--dry-run``.
+
+Both read the store only (read-only, while a run may be writing it) and call nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import StoreError
+from .sources import Position
+from .store import SQLiteStore
+
+if TYPE_CHECKING:
+    from .job import Job
+
+__all__ = ["DryRunReport", "dry_run", "job_status"]
+
+
+def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
+    """The job's numbers: the fields of ``status --json``."""
+    status: dict[str, Any] = {
+        "job": job.name,
+        "store": str(store_path),
+        "state": "not started",
+        "total": 0,
+        "done": 0,
+        "failed": 0,
+        "pending": 0,
+        "running": 0,
+        "retrying": 0,
+        "duplicates": 0,
+        "keys": [],
+        "run": None,
+        "recent_failures": [],
+    }
+    if not store_path.exists():
+        if job.keys is not None:
+            status["keys"] = [_key(k.masked, 0, 0, 0, "ready") for k in job.keys.keys]
+        return status
+    try:
+        store = SQLiteStore(store_path, readonly=True)
+        try:
+            counts = store.counts()
+            live = store.live_run(clock.time())
+            last = live or store.last_run()
+            keys = store.key_usage()
+            duplicates, _ = store.duplicates(0)
+            failures = store.recent_failures(5)
+        finally:
+            store.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot read store {store_path}: {exc}") from None
+    in_flight = int(live.stats.get("in_flight", 0)) if live else 0
+    claimed = counts.get("running", 0)
+    status.update(
+        state="running" if live else (last.state if last else "not started"),
+        done=counts.get("done", 0),
+        failed=counts.get("failed", 0),
+        running=min(in_flight, claimed),
+        retrying=counts.get("retry", 0),
+        duplicates=duplicates,
+    )
+    status["pending"] = counts.get("pending", 0) + status["retrying"] + claimed - status["running"]
+    status["total"] = status["done"] + status["failed"] + status["pending"] + status["running"]
+    if last is not None:
+        status["run"] = {
+            "pid": last.pid,
+            "host": last.host,
+            "started_at": last.started_at,
+            "heartbeat": last.heartbeat,
+            "finished_at": last.finished_at,
+            **{k: v for k, v in last.stats.items() if k != "pid"},
+        }
+    status["keys"] = [
+        _key(k.masked, k.requests, k.tokens, k.rate_limited, k.state, errors=k.errors)
+        for k in keys
+    ]
+    status["recent_failures"] = [
+        {"id": i, "attempts": a, "error": e} for i, a, e in failures
+    ]
+    return status
+
+
+def _key(masked: str, requests: int, tokens: int, rate_limited: int, state: str,
+         errors: int = 0) -> dict[str, Any]:
+    return {"key": masked, "requests": requests, "tokens": tokens,
+            "rate_limited": rate_limited, "errors": errors, "state": state}
+
+
+@dataclass(slots=True)
+class DryRunReport:
+    """What a run would do, from reading the whole source against the store."""
+
+    records: int = 0
+    new: int = 0
+    done: int = 0
+    failed: int = 0
+    waiting: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def dry_run(job: Job, store_path: Path) -> DryRunReport:
+    """Read and validate the whole source; count new, already done and invalid records.
+
+    Ids seen are kept in a temporary on-disk table, so memory stays flat for any size.
+    """
+    report = DryRunReport()
+    store = SQLiteStore(store_path, readonly=True) if store_path.exists() else None
+    seen = sqlite3.connect("")  # a private temporary database on disk
+    seen.execute("CREATE TABLE seen (id TEXT PRIMARY KEY)")
+    try:
+        records = job.source.read(Position())
+        while chunk := list(itertools.islice(records, 2000)):
+            valid = []
+            for r in chunk:
+                report.records += 1
+                if r.error is not None:
+                    report.invalid += 1
+                    _example(report, f"line {r.line}: {r.error}")
+                else:
+                    valid.append(r)
+            ids = [r.id for r in valid if r.id is not None]
+            known = store.statuses_of(ids) if store is not None else {}
+            for r in valid:
+                assert r.id is not None
+                if seen.execute("INSERT OR IGNORE INTO seen VALUES (?)", (r.id,)).rowcount == 0:
+                    report.duplicates += 1
+                    _example(report, f"line {r.line}: duplicate id {r.id!r}")
+                    continue
+                state = known.get(r.id)
+                if state is None:
+                    report.new += 1
+                elif state == "done":
+                    report.done += 1
+                elif state == "failed":
+                    report.failed += 1
+                else:
+                    report.waiting += 1
+    finally:
+        seen.close()
+        if store is not None:
+            store.close()
+    return report
+
+
+def _example(report: DryRunReport, text: str) -> None:
+    if len(report.examples) < 10:
+        report.examples.append(text)

@@ -1,0 +1,446 @@
+"""The SQLite store: durable state of one job's items, runs, source position and keys.
+
+All methods are synchronous and meant to be called from one thread at a time (the engine
+runs them on its single store thread); other processes may read the same file at once,
+which WAL mode allows. Every status change also moves the ``counts`` table in the same
+transaction, so status never scans the items.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import JobAlreadyRunning, StoreError
+from ..item import Item, Status
+from ..sources import Position, Record
+
+__all__ = ["IngestResult", "KeyUsage", "Outcome", "RunInfo", "SQLiteStore"]
+
+SCHEMA_VERSION = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The end of one attempt: ``done``, ``retry`` (with its due time) or ``failed``."""
+
+    seq: int
+    status: Status
+    attempts: int
+    error: str | None = None
+    not_before: float | None = None
+    item_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    inserted: int
+    invalid: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A live (or last) run of the job, as recorded in the store."""
+
+    run_id: str
+    pid: int
+    host: str
+    started_at: float
+    heartbeat: float
+    finished_at: float | None
+    state: str
+    stats: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    """Counters for one key, as kept in the store (masked, by fingerprint)."""
+
+    fingerprint: str
+    masked: str
+    requests: int = 0
+    tokens: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+    state: str = "ready"
+
+
+def invalid_id(line: int) -> str:
+    """The id given to a source line that is not a valid item."""
+    return f"@line:{line}"
+
+
+class SQLiteStore:
+    """A job's durable state in one SQLite file (WAL mode)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StoreError(f"no store at {self.path}: the job has not run yet")
+                uri = f"file:{self.path}?mode=ro"
+                self.db = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(
+                    self.path, timeout=30, check_same_thread=False, isolation_level=None
+                )
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=FULL")
+                schema = resources.files(__package__).joinpath("schema_sqlite.sql").read_text()
+                self.db.executescript(schema)
+            self.db.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- job and runs ------------------------------------------------------------------
+
+    def bind_job(self, name: str) -> None:
+        """Tie the store to one job name; refuse a store that belongs to another job."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='job'").fetchone()
+        if row is None:
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES ('job', ?), ('schema', ?)",
+                (name, SCHEMA_VERSION),
+            )
+        elif row[0] != name:
+            raise StoreError(f"store {self.path} belongs to job {row[0]!r}, not {name!r}")
+
+    def acquire_run(self, run_id: str, now: float, stale_after: float) -> None:
+        """Record a new run, unless another live run holds the job."""
+        host, pid = socket.gethostname(), os.getpid()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for other in self._live_runs(now, stale_after):
+                if other.host == host and not _pid_alive(other.pid):
+                    continue
+                raise JobAlreadyRunning(
+                    f"this job is already running (pid {other.pid} on {other.host}, "
+                    f"store {self.path}); stop it first or wait for it to finish"
+                )
+            self.db.execute(
+                "UPDATE runs SET state='dead', finished_at=? WHERE finished_at IS NULL", (now,)
+            )
+            self.db.execute(
+                "INSERT INTO runs (run_id, pid, host, started_at, heartbeat, state) "
+                "VALUES (?, ?, ?, ?, ?, 'running')",
+                (run_id, pid, host, now, now),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _live_runs(self, now: float, stale_after: float) -> list[RunInfo]:
+        rows = self.db.execute(
+            "SELECT run_id, pid, host, started_at, heartbeat, finished_at, state, stats "
+            "FROM runs WHERE finished_at IS NULL AND heartbeat > ?",
+            (now - stale_after,),
+        ).fetchall()
+        return [_run(r) for r in rows]
+
+    def live_run(self, now: float, stale_after: float = 15.0) -> RunInfo | None:
+        """The run holding the job now, if any (a reader's view: pid checks included)."""
+        host = socket.gethostname()
+        for run in self._live_runs(now, stale_after):
+            if run.host == host and not _pid_alive(run.pid):
+                continue
+            return run
+        return None
+
+    def last_run(self) -> RunInfo | None:
+        row = self.db.execute(
+            "SELECT run_id, pid, host, started_at, heartbeat, finished_at, state, stats "
+            "FROM runs ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else _run(row)
+
+    def heartbeat(self, run_id: str, now: float, stats: dict[str, Any]) -> None:
+        self.db.execute(
+            "UPDATE runs SET heartbeat=?, stats=? WHERE run_id=?",
+            (now, json.dumps(stats), run_id),
+        )
+
+    def finish_run(self, run_id: str, now: float, state: str, stats: dict[str, Any]) -> None:
+        self.db.execute(
+            "UPDATE runs SET heartbeat=?, finished_at=?, state=?, stats=? WHERE run_id=?",
+            (now, now, state, json.dumps(stats), run_id),
+        )
+
+    # -- source ------------------------------------------------------------------------
+
+    def source_position(self) -> tuple[Position, bool]:
+        row = self.db.execute('SELECT "offset", line, exhausted FROM source_state').fetchone()
+        if row is None:
+            return Position(), False
+        return Position(row[0], row[1]), bool(row[2])
+
+    def ingest(
+        self, records: Sequence[Record], after: Position, exhausted: bool, now: float
+    ) -> IngestResult:
+        """Insert a chunk of source records and the position after them, atomically."""
+        valid = [r for r in records if r.error is None]
+        invalid = [r for r in records if r.error is not None]
+        db = self.db
+        with _transaction(db):
+            before = db.total_changes
+            db.executemany(
+                "INSERT INTO items (id, data, status, line, updated_at) "
+                "VALUES (?, ?, 'pending', ?, ?) ON CONFLICT (id) DO NOTHING",
+                [(r.id, json.dumps(r.data), r.line, now) for r in valid],
+            )
+            inserted = db.total_changes - before
+            duplicates = 0
+            if inserted < len(valid):
+                duplicates = self._record_duplicates(valid)
+            before = db.total_changes
+            db.executemany(
+                "INSERT INTO items (id, data, status, attempts, last_error, line, updated_at) "
+                "VALUES (?, NULL, 'failed', 0, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                [(invalid_id(r.line), f"line {r.line}: {r.error}", r.line, now) for r in invalid],
+            )
+            failed = db.total_changes - before
+            _move(db, None, "pending", inserted)
+            _move(db, None, "failed", failed)
+            db.execute(
+                'INSERT INTO source_state (one, "offset", line, exhausted) VALUES (1, ?, ?, ?) '
+                'ON CONFLICT (one) DO UPDATE SET "offset"=excluded."offset", '
+                "line=excluded.line, exhausted=excluded.exhausted",
+                (after.offset, after.line, int(exhausted)),
+            )
+        return IngestResult(inserted, failed, duplicates)
+
+    def _record_duplicates(self, valid: Sequence[Record]) -> int:
+        # An id already present with another line number is a true duplicate; the same
+        # line read again (a source read over from its start) is not.
+        first: dict[str, int] = {}
+        dups: list[tuple[int, str, int | None]] = []
+        for chunk_start in range(0, len(valid), 500):
+            chunk = valid[chunk_start : chunk_start + 500]
+            marks = ",".join("?" for _ in chunk)
+            rows = self.db.execute(
+                f"SELECT id, line FROM items WHERE id IN ({marks})", [r.id for r in chunk]
+            ).fetchall()
+            first.update({r[0]: r[1] for r in rows})
+        for r in valid:
+            assert r.id is not None
+            if first.get(r.id) != r.line:
+                dups.append((r.line, r.id, first.get(r.id)))
+        self.db.executemany(
+            "INSERT INTO duplicates (line, id, first_line) VALUES (?, ?, ?)", dups
+        )
+        return len(dups)
+
+    def duplicates(self, limit: int = 5) -> tuple[int, list[tuple[int, str, int | None]]]:
+        (n,) = self.db.execute("SELECT count(*) FROM duplicates").fetchone()
+        rows = self.db.execute(
+            "SELECT line, id, first_line FROM duplicates ORDER BY line LIMIT ?", (limit,)
+        ).fetchall()
+        return n, [tuple(r) for r in rows]
+
+    def statuses_of(self, ids: Sequence[str]) -> dict[str, str]:
+        """Status of each of ``ids`` that is in the store."""
+        found: dict[str, str] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" for _ in chunk)
+            found.update(
+                self.db.execute(f"SELECT id, status FROM items WHERE id IN ({marks})", chunk)
+            )
+        return found
+
+    # -- claiming and completing -------------------------------------------------------
+
+    def recover(self) -> int:
+        """Put items left ``running`` by a dead run back to ``pending``."""
+        with _transaction(self.db):
+            n = self.db.execute(
+                "UPDATE items SET status='pending', lease=NULL WHERE status='running'"
+            ).rowcount
+            _move(self.db, "running", "pending", n)
+        return n
+
+    def claim(self, limit: int, run_id: str) -> list[Item]:
+        """Take up to ``limit`` pending items, highest priority first, for this run."""
+        with _transaction(self.db):
+            rows = self.db.execute(
+                "UPDATE items SET status='running', lease=? WHERE seq IN "
+                "(SELECT seq FROM items WHERE status='pending' ORDER BY priority DESC, seq "
+                "LIMIT ?) RETURNING seq, id, data, priority, attempts",
+                (run_id, limit),
+            ).fetchall()
+            _move(self.db, "pending", "running", len(rows))
+        rows.sort(key=lambda r: (-r[3], r[0]))
+        loads = json.loads
+        return [Item(r[1], loads(r[2]), r[3], r[4], r[0]) for r in rows]
+
+    def release_lease(self, run_id: str) -> int:
+        """Give back every item this run still holds (claimed, never finished)."""
+        with _transaction(self.db):
+            n = self.db.execute(
+                "UPDATE items SET status='pending', lease=NULL "
+                "WHERE status='running' AND lease=?",
+                (run_id,),
+            ).rowcount
+            _move(self.db, "running", "pending", n)
+        return n
+
+    def promote_due(self, now: float) -> int:
+        """Move retries whose time has come back to ``pending``."""
+        with _transaction(self.db):
+            n = self.db.execute(
+                "UPDATE items SET status='pending' WHERE status='retry' AND not_before <= ?",
+                (now,),
+            ).rowcount
+            _move(self.db, "retry", "pending", n)
+        return n
+
+    def next_due(self) -> float | None:
+        row = self.db.execute("SELECT min(not_before) FROM items WHERE status='retry'").fetchone()
+        return None if row is None else row[0]
+
+    def complete(
+        self,
+        outcomes: Sequence[Outcome],
+        now: float,
+        *,
+        sink_state: str | None = None,
+        keys: Sequence[KeyUsage] = (),
+    ) -> None:
+        """Record finished attempts (after their rows reached the sink), in one commit."""
+        db = self.db
+        by_status: dict[Status, list[Outcome]] = {}
+        for o in outcomes:
+            by_status.setdefault(o.status, []).append(o)
+        with _transaction(db):
+            for status, group in by_status.items():
+                before = db.total_changes
+                if status is Status.DONE:
+                    db.executemany(
+                        "UPDATE items SET status='done', attempts=?, last_error=NULL, "
+                        "lease=NULL, updated_at=? WHERE seq=? AND status='running'",
+                        [(o.attempts, now, o.seq) for o in group],
+                    )
+                else:
+                    db.executemany(
+                        "UPDATE items SET status=?, attempts=?, last_error=?, not_before=?, "
+                        "lease=NULL, updated_at=? WHERE seq=? AND status='running'",
+                        [(status.value, o.attempts, o.error, o.not_before, now, o.seq) for o in group],
+                    )
+                _move(db, "running", status.value, db.total_changes - before)
+            if sink_state is not None:
+                db.execute(
+                    "INSERT INTO sink_state (one, value) VALUES (1, ?) "
+                    "ON CONFLICT (one) DO UPDATE SET value=excluded.value",
+                    (sink_state,),
+                )
+            if keys:
+                self._add_key_usage(keys, now)
+
+    def sink_state(self) -> str | None:
+        row = self.db.execute("SELECT value FROM sink_state").fetchone()
+        return None if row is None else row[0]
+
+    def set_sink_state(self, value: str | None) -> None:
+        if value is None:
+            return
+        self.db.execute(
+            "INSERT INTO sink_state (one, value) VALUES (1, ?) "
+            "ON CONFLICT (one) DO UPDATE SET value=excluded.value",
+            (value,),
+        )
+
+    def retry_failed(self) -> int:
+        """Put failed items back to ``pending`` with a fresh retry budget.
+
+        Lines that were not valid items stay failed: they need fixing in the source.
+        """
+        with _transaction(self.db):
+            n = self.db.execute(
+                "UPDATE items SET status='pending', attempts=0, not_before=NULL "
+                "WHERE status='failed' AND data IS NOT NULL"
+            ).rowcount
+            _move(self.db, "failed", "pending", n)
+        return n
+
+    # -- reading -----------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        return {s: n for s, n in self.db.execute("SELECT status, n FROM counts")}
+
+    def recent_failures(self, limit: int = 5) -> list[tuple[str, int, str]]:
+        rows = self.db.execute(
+            "SELECT id, attempts, last_error FROM items WHERE status='failed' "
+            "ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(r[0], r[1], r[2] or "") for r in rows]
+
+    def key_usage(self) -> list[KeyUsage]:
+        rows = self.db.execute(
+            "SELECT fingerprint, masked, requests, tokens, rate_limited, errors, state "
+            "FROM keys ORDER BY masked"
+        ).fetchall()
+        return [KeyUsage(*r) for r in rows]
+
+    def _add_key_usage(self, keys: Sequence[KeyUsage], now: float) -> None:
+        self.db.executemany(
+            "INSERT INTO keys (fingerprint, masked, requests, tokens, rate_limited, errors, "
+            "state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO "
+            "UPDATE SET requests=requests+excluded.requests, tokens=tokens+excluded.tokens, "
+            "rate_limited=rate_limited+excluded.rate_limited, errors=errors+excluded.errors, "
+            "state=excluded.state, updated_at=excluded.updated_at",
+            [
+                (k.fingerprint, k.masked, k.requests, k.tokens, k.rate_limited, k.errors, k.state, now)
+                for k in keys
+            ],
+        )
+
+
+class _transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on error (autocommit connection)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _move(db: sqlite3.Connection, src: str | None, dst: str, n: int) -> None:
+    if n <= 0:
+        return
+    if src is not None:
+        db.execute("UPDATE counts SET n = n - ? WHERE status = ?", (n, src))
+    db.execute("UPDATE counts SET n = n + ? WHERE status = ?", (n, dst))
+
+
+def _run(row: Sequence[Any]) -> RunInfo:
+    stats = json.loads(row[7]) if row[7] else {}
+    return RunInfo(row[0], row[1], row[2], row[3], row[4], row[5], row[6], stats)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
