@@ -47,23 +47,61 @@ def cli() -> None:
 @cli.command()
 @_jobfile
 @_store_option
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), envvar="PACELINE_CONCURRENCY",
-              show_envvar=True, help="Items in flight at once (default: the job's, 16).")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    envvar="PACELINE_CONCURRENCY",
+    show_envvar=True,
+    help="Items in flight at once (default: the job's, 16).",
+)
 @click.option("--sequential", is_flag=True, help="One item at a time, in order.")
 @click.option("--max-items", type=click.IntRange(min=0), help="Stop after taking N items.")
-@click.option("--dry-run", is_flag=True,
-              help="Read and check the whole source; report what a run would do; call nothing.")
-@click.option("--grace", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Seconds in-flight items get to finish after the first Ctrl+C.")
-@click.option("--progress", type=click.Choice(["auto", "live", "log", "none"]), default="auto",
-              show_default=True, help="Live dashboard, plain log lines, or nothing.")
-@click.option("--log-every", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Plain log mode: a line every N items...")
-@click.option("--log-interval", type=click.FloatRange(min=0.1), default=10.0,
-              show_default=True, help="...or every T seconds.")
-def run(jobfile: Path, store: Path | None, concurrency: int | None, sequential: bool,
-        max_items: int | None, dry_run: bool, grace: float, progress: str, log_every: int,
-        log_interval: float) -> int:
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Read and check the whole source; report what a run would do; call nothing.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight items get to finish after the first Ctrl+C.",
+)
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "live", "log", "none"]),
+    default="auto",
+    show_default=True,
+    help="Live dashboard, plain log lines, or nothing.",
+)
+@click.option(
+    "--log-every",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Plain log mode: a line every N items...",
+)
+@click.option(
+    "--log-interval",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="...or every T seconds.",
+)
+def run(
+    jobfile: Path,
+    store: Path | None,
+    concurrency: int | None,
+    sequential: bool,
+    max_items: int | None,
+    dry_run: bool,
+    grace: float,
+    progress: str,
+    log_every: int,
+    log_interval: float,
+) -> int:
     """Run (or continue) the job defined in JOBFILE."""
     job = load_job(jobfile)
     store_path = job.store_path(store)
@@ -80,9 +118,15 @@ def run(jobfile: Path, store: Path | None, concurrency: int | None, sequential: 
         reporter = LogReporter(every_items=log_every, every_seconds=log_interval)
     else:
         reporter = None
-    result = job.run(store=store_path, concurrency=concurrency, sequential=sequential,
-                     max_items=max_items, grace=grace, reporter=reporter,
-                     install_signal_handlers=True)
+    result = job.run(
+        store=store_path,
+        concurrency=concurrency,
+        sequential=sequential,
+        max_items=max_items,
+        grace=grace,
+        reporter=reporter,
+        install_signal_handlers=True,
+    )
     if reporter is None:
         click.echo(summary_text(result))
     return result.exit_code
@@ -126,13 +170,17 @@ def status(jobfile: Path, store: Path | None, as_json: bool) -> int:
     run = data["run"] or {}
     if data["state"] == "running":
         eta = run.get("eta_seconds")
-        click.echo(f"  pid {run.get('pid')} on {run.get('host')} · {run.get('rate_now', 0)}/s now"
-                   f" · ETA {'--' if eta is None else f'{eta:.0f}s'}")
+        click.echo(
+            f"  pid {run.get('pid')} on {run.get('host')} · {run.get('rate_now', 0)}/s now"
+            f" · ETA {'--' if eta is None else f'{eta:.0f}s'}"
+        )
     if data["duplicates"]:
         click.echo(f"  duplicate ids in the source: {data['duplicates']:,}")
     for key in data["keys"]:
-        click.echo(f"  key {key['key']}: {key['requests']:,} requests · {key['tokens']:,} tokens"
-                   f" · {key['rate_limited']:,}×429 · {key['state']}")
+        click.echo(
+            f"  key {key['key']}: {key['requests']:,} requests · {key['tokens']:,} tokens"
+            f" · {key['rate_limited']:,}×429 · {key['state']}"
+        )
     if data["recent_failures"]:
         click.echo("  recent failures:")
         for f in data["recent_failures"]:
@@ -165,15 +213,32 @@ def retry(jobfile: Path, store: Path | None) -> int:
 
 
 @cli.command()
-@click.option("--items", type=click.IntRange(min=1, max=100_000), default=300,
-              show_default=True, help="Documents in the demo job.")
-@click.option("--keys", "n_keys", type=click.IntRange(min=1, max=50), default=4,
-              show_default=True, help="Simulated API keys.")
-@click.option("--dir", "workdir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("paceline-demo"), show_default=True,
-              help="Where the demo writes its input, store and results.")
-@click.option("--progress", type=click.Choice(["auto", "live", "log"]), default="auto",
-              show_default=True)
+@click.option(
+    "--items",
+    type=click.IntRange(min=1, max=100_000),
+    default=300,
+    show_default=True,
+    help="Documents in the demo job.",
+)
+@click.option(
+    "--keys",
+    "n_keys",
+    type=click.IntRange(min=1, max=50),
+    default=4,
+    show_default=True,
+    help="Simulated API keys.",
+)
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("paceline-demo"),
+    show_default=True,
+    help="Where the demo writes its input, store and results.",
+)
+@click.option(
+    "--progress", type=click.Choice(["auto", "live", "log"]), default="auto", show_default=True
+)
 def demo(items: int, n_keys: int, workdir: Path, progress: str) -> int:
     """Run a sample job against the built-in simulated API (no server, key or network)."""
     from .demo import run_demo
@@ -184,28 +249,57 @@ def demo(items: int, n_keys: int, workdir: Path, progress: str) -> int:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8800, show_default=True)
-@click.option("--keys", "keys", default=None,
-              help="Comma-separated keys to accept (default: any key).")
+@click.option(
+    "--keys", "keys", default=None, help="Comma-separated keys to accept (default: any key)."
+)
 @click.option("--revoked", default="", help="Comma-separated keys answered as invalid.")
 @click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests/minute per key.")
 @click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens/minute per key.")
 @click.option("--rpd", type=click.IntRange(min=1), default=None, help="Requests/day per key.")
-@click.option("--rph", type=click.IntRange(min=1), default=None,
-              help="Requests/hour per key (GitHub style).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=None,
-              help="In-flight requests per key.")
-@click.option("--latency", default="fixed:0.05", show_default=True,
-              help="fixed:S, uniform:A,B or lognormal:MEDIAN,SIGMA (seconds).")
-@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Share of requests answered 5xx.")
-@click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Share of requests that hang.")
+@click.option(
+    "--rph", type=click.IntRange(min=1), default=None, help="Requests/hour per key (GitHub style)."
+)
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=None, help="In-flight requests per key."
+)
+@click.option(
+    "--latency",
+    default="fixed:0.05",
+    show_default=True,
+    help="fixed:S, uniform:A,B or lognormal:MEDIAN,SIGMA (seconds).",
+)
+@click.option(
+    "--error-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of requests answered 5xx.",
+)
+@click.option(
+    "--hang-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of requests that hang.",
+)
 @click.option("--hang-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True)
 @click.option("--seed", type=int, default=None)
-def sim(host: str, port: int, keys: str | None, revoked: str, rpm: int | None,
-        tpm: int | None, rpd: int | None, rph: int | None, concurrency: int | None,
-        latency: str, error_rate: float, hang_rate: float, hang_seconds: float,
-        seed: int | None) -> int:
+def sim(
+    host: str,
+    port: int,
+    keys: str | None,
+    revoked: str,
+    rpm: int | None,
+    tpm: int | None,
+    rpd: int | None,
+    rph: int | None,
+    concurrency: int | None,
+    latency: str,
+    error_rate: float,
+    hang_rate: float,
+    hang_seconds: float,
+    seed: int | None,
+) -> int:
     """Serve the simulated rate-limited provider (OpenAI, Anthropic, GitHub, Gemini styles)."""
     from .sim import KeyLimits, SimConfig, parse_latency, serve
 

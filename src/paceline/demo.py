@@ -24,10 +24,11 @@ from .sources import JSONL
 
 __all__ = ["run_demo"]
 
+# Words the sample documents are made of (the simulated model summarises them).
 _WORDS = (
-    "quota latency token request window key batch retry limit provider throughput "
-    "migration document summary archive ledger invoice customer record schema index"
-).split()
+    "quota", "latency", "token", "request", "window", "key", "batch", "retry", "limit",
+    "provider", "throughput", "migration", "document", "summary", "archive", "ledger",
+)  # fmt: skip
 
 
 def write_documents(path: Path, count: int, seed: int = 7) -> None:
@@ -35,8 +36,10 @@ def write_documents(path: Path, count: int, seed: int = 7) -> None:
     with path.open("w") as f:
         for n in range(1, count + 1):
             words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(20, 80)))
-            f.write(json.dumps({"doc_id": f"doc-{n:05d}", "title": f"Document {n}",
-                                "text": words}) + "\n")
+            f.write(
+                json.dumps({"doc_id": f"doc-{n:05d}", "title": f"Document {n}", "text": words})
+                + "\n"
+            )
 
 
 def build_job(workdir: Path, base_url: str, n_keys: int) -> Job:
@@ -59,8 +62,9 @@ def build_job(workdir: Path, base_url: str, n_keys: int) -> Job:
             "max_tokens": 60,
             "messages": [{"role": "user", "content": f"Summarise: {text}"}],
         }
-        r = await ctx.http.post(f"{base_url}/v1/chat/completions", json=body,
-                                cost=Cost(tokens=len(text) // 4 + 60))
+        r = await ctx.http.post(
+            f"{base_url}/v1/chat/completions", json=body, cost=Cost(tokens=len(text) // 4 + 60)
+        )
         r.raise_for_status()
         answer = r.json()
         return {
@@ -99,8 +103,11 @@ def run_demo(*, items: int, n_keys: int, workdir: Path, progress: str) -> int:
     server = SimServer(config)
     server.start()
     try:
-        print(f"paceline demo: simulated OpenAI-style API on {server.url}, "
-              f"{items} documents, {n_keys} keys", file=sys.stderr)
+        print(
+            f"paceline demo: simulated OpenAI-style API on {server.url}, "
+            f"{items} documents, {n_keys} keys",
+            file=sys.stderr,
+        )
         job = build_job(workdir.resolve(), server.url, n_keys)
         if progress == "auto":
             progress = "live" if sys.stderr.isatty() else "log"
@@ -110,6 +117,8 @@ def run_demo(*, items: int, n_keys: int, workdir: Path, progress: str) -> int:
         result = job.run(reporter=reporter, install_signal_handlers=True)
     finally:
         server.stop()
-    print(f"results: {workdir.resolve() / 'results.db'} (table 'summaries'); try\n"
-          f"  sqlite3 {workdir / 'results.db'} 'select id, summary from summaries limit 3'")
+    print(
+        f"results: {workdir.resolve() / 'results.db'} (table 'summaries'); try\n"
+        f"  sqlite3 {workdir / 'results.db'} 'select id, summary from summaries limit 3'"
+    )
     return result.exit_code

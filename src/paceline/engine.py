@@ -16,17 +16,18 @@ in between replays rows the sink upserts anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import os
 import random
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
 
@@ -367,11 +368,12 @@ class Engine:
         ctx = Context(http, job.name, attempts, self.clock)
         try:
             if self._is_async:
-                call = fn(item, ctx)
+                call = cast(Awaitable[dict[str, Any] | None], fn(item, ctx))
                 result = await (asyncio.wait_for(call, job.timeout) if job.timeout else call)
             else:
                 loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(self._threads, fn, item, ctx)
+                sync_fn = cast(Callable[[Item, Context], dict[str, Any] | None], fn)
+                result = await loop.run_in_executor(self._threads, sync_fn, item, ctx)
         except asyncio.CancelledError:
             raise
         except NoUsableKey as exc:
@@ -477,8 +479,9 @@ class Engine:
                     self._errors.append((outcome.item_id, outcome.error))
             self._progress.set()
 
-    def _commit(self, batch: list[tuple[Outcome, dict[str, Any] | None]],
-                keys: list[KeyUsage]) -> None:
+    def _commit(
+        self, batch: list[tuple[Outcome, dict[str, Any] | None]], keys: list[KeyUsage]
+    ) -> None:
         rows = [row for _, row in batch if row is not None]
         state = self.job.sink.write(rows) if rows else None
         self.store.complete([o for o, _ in batch], self.clock.time(), sink_state=state, keys=keys)
@@ -504,12 +507,11 @@ class Engine:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(HEARTBEAT_EVERY)
-            try:
+            # A missed heartbeat (store busy) is simply retried a second later.
+            with contextlib.suppress(Exception):
                 await self._io_call(
                     self.store.heartbeat, self.run_id, self.clock.time(), self._stats()
                 )
-            except Exception:  # noqa: S110 - a missed heartbeat is retried next second
-                pass
 
     # -- numbers -----------------------------------------------------------------------
 
@@ -548,8 +550,13 @@ class Engine:
         keys = []
         if self.job.keys is not None:
             keys = [
-                {"key": k.masked, "requests": k.requests, "tokens": k.tokens,
-                 "rate_limited": k.rate_limited, "state": k.state}
+                {
+                    "key": k.masked,
+                    "requests": k.requests,
+                    "tokens": k.tokens,
+                    "rate_limited": k.rate_limited,
+                    "state": k.state,
+                }
                 for k in self.job.keys.keys
             ]
         return Snapshot(

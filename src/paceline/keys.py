@@ -190,8 +190,11 @@ class KeyPool:
     def redact(self, text: str) -> str:
         """``text`` with every secret of the pool replaced by its masked form."""
         for key in self.keys:
-            for form in {key.secret, urllib.parse.quote(key.secret, safe=""),
-                         urllib.parse.quote_plus(key.secret)}:
+            for form in {
+                key.secret,
+                urllib.parse.quote(key.secret, safe=""),
+                urllib.parse.quote_plus(key.secret),
+            }:
                 if form in text:
                     text = text.replace(form, key.masked)
         return text
@@ -201,7 +204,7 @@ class KeyPool:
         out = []
         for key in self.keys:
             now = (key.requests, key.tokens, key.rate_limited, key.errors)
-            before = self._reported.get(key.fingerprint, (0, 0, 0, 0))
+            r, t, rl, e = self._reported.get(key.fingerprint, (0, 0, 0, 0))
             self._reported[key.fingerprint] = now
-            out.append((key, *(a - b for a, b in zip(now, before, strict=True))))
+            out.append((key, now[0] - r, now[1] - t, now[2] - rl, now[3] - e))
         return out

@@ -46,7 +46,7 @@ class Reporter(Protocol):
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "--:--"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours >= 48:
@@ -86,8 +86,10 @@ def summary_text(result: RunResult) -> str:
     lines.append(f"  results: {result.sink}")
     lines.append(f"  store:   {result.store}")
     if s.failed:
-        lines.append("  failed items: `paceline status JOBFILE` shows why; "
-                     "`paceline retry JOBFILE` puts them back")
+        lines.append(
+            "  failed items: `paceline status JOBFILE` shows why; "
+            "`paceline retry JOBFILE` puts them back"
+        )
     if result.interrupted or s.pending:
         lines.append("  run the same command again to continue where this run stopped")
     return "\n".join(lines)
@@ -109,8 +111,14 @@ class QuietReporter:
 class LogReporter:
     """One plain line every ``every_items`` items or ``every_seconds`` seconds."""
 
-    def __init__(self, stream: IO[str] | None = None, *, every_items: int = 1000,
-                 every_seconds: float = 10.0, summary: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        *,
+        every_items: int = 1000,
+        every_seconds: float = 10.0,
+        summary: IO[str] | None = None,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.summary = summary or sys.stdout
         self.every_items = max(1, every_items)
@@ -174,36 +182,53 @@ class LiveReporter:
             f"{100.0 * finished / total:5.1f}%  {finished:,}/{s.total:,}{more}",
         )
         counts = Text.assemble(
-            ("done ", "dim"), (f"{s.done:,}", "green"), ("  failed ", "dim"),
-            (f"{s.failed:,}", "red" if s.failed else ""), ("  pending ", "dim"),
-            f"{s.pending:,}", ("  in flight ", "dim"), f"{s.running:,}",
+            ("done ", "dim"),
+            (f"{s.done:,}", "green"),
+            ("  failed ", "dim"),
+            (f"{s.failed:,}", "red" if s.failed else ""),
+            ("  pending ", "dim"),
+            f"{s.pending:,}",
+            ("  in flight ", "dim"),
+            f"{s.running:,}",
         )
         if s.retrying:
             counts.append(f"  (retrying {s.retrying:,})", "yellow")
         rates = Text(
             f"throughput now {_rate(s.rate_now)} · avg {_rate(s.rate_avg)} · "
-            f"peak {_rate(s.rate_peak)}", "dim")
+            f"peak {_rate(s.rate_peak)}",
+            "dim",
+        )
         parts: list[object] = [head, bar, counts, rates]
         if s.keys:
             keys = Table(box=None, padding=(0, 2), show_edge=False)
             for column in ("key", "requests", "tokens", "429s", "state"):
                 keys.add_column(column, style="dim" if column == "key" else "")
             for k in s.keys:
-                keys.add_row(k["key"], f"{k['requests']:,}", f"{k['tokens']:,}",
-                             f"{k['rate_limited']:,}", k["state"])
+                keys.add_row(
+                    k["key"],
+                    f"{k['requests']:,}",
+                    f"{k['tokens']:,}",
+                    f"{k['rate_limited']:,}",
+                    k["state"],
+                )
             parts.append(keys)
         if s.errors:
             parts.append(Text("last errors:", "bold red"))
             for item_id, error in s.errors[-5:]:
-                parts.append(Text(f"  {item_id}: {error[:150]}", "red", overflow="ellipsis",
-                                  no_wrap=True))
+                parts.append(
+                    Text(f"  {item_id}: {error[:150]}", "red", overflow="ellipsis", no_wrap=True)
+                )
         if self._note:
             parts.append(Text(self._note, "yellow"))
         return Group(*parts)  # type: ignore[arg-type]
 
     async def follow(self, engine: Engine) -> None:
-        with Live(self.render(engine.snapshot()), console=self.console,
-                  refresh_per_second=4, transient=False) as live:
+        with Live(
+            self.render(engine.snapshot()),
+            console=self.console,
+            refresh_per_second=4,
+            transient=False,
+        ) as live:
             try:
                 while True:
                     await asyncio.sleep(0.25)

@@ -17,6 +17,7 @@ import random
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -106,9 +107,8 @@ def classify(
         return Failure(False, None, _exception_text(exc))
     if isinstance(exc, httpx.HTTPStatusError):
         response = exc.response
-        status = response.status_code
         after = retry_after_seconds(response.headers, now)
-        return Failure(_status_retryable(status), after, _http_message(response))
+        return Failure(_status_retryable(response.status_code), after, _http_message(response))
     if isinstance(exc, (httpx.TransportError, TimeoutError)):
         return Failure(True, None, _exception_text(exc))
     if isinstance(exc, sqlite3.OperationalError) and any(
@@ -116,12 +116,12 @@ def classify(
     ):
         return Failure(True, None, _exception_text(exc))
     # SDK errors (openai, anthropic, google) carry the HTTP status and the answer.
-    status = getattr(exc, "status_code", None)
-    response = getattr(exc, "response", None)
-    if status is None and response is not None:
-        status = getattr(response, "status_code", None)
+    sdk_response: Any = getattr(exc, "response", None)
+    status: Any = getattr(exc, "status_code", None)
+    if status is None and sdk_response is not None:
+        status = getattr(sdk_response, "status_code", None)
     if isinstance(status, int):
-        headers = getattr(response, "headers", None) or {}
+        headers = getattr(sdk_response, "headers", None) or {}
         after = retry_after_seconds(headers, now) if isinstance(headers, Mapping) else None
         return Failure(_status_retryable(status), after, _exception_text(exc))
     if retry_on and isinstance(exc, retry_on):

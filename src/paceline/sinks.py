@@ -88,7 +88,9 @@ class SQLiteSink:
         if not self._columns:
             cols = ", ".join(f'"{n}"' for n in names if n != "id")
             cols = f", {cols}" if cols else ""
-            self._db.execute(f'CREATE TABLE IF NOT EXISTS "{self.table}" (id TEXT PRIMARY KEY{cols})')
+            self._db.execute(
+                f'CREATE TABLE IF NOT EXISTS "{self.table}" (id TEXT PRIMARY KEY{cols})'
+            )
             self._columns = ["id", *[n for n in names if n != "id"]]
             return
         for name in names:
@@ -113,8 +115,7 @@ class SQLiteSink:
                 updates = ", ".join(f'"{n}"=excluded."{n}"' for n in names if n != "id")
                 action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
                 sql = (
-                    f'INSERT INTO "{self.table}" ({cols}) VALUES ({marks}) '
-                    f"ON CONFLICT(id) {action}"
+                    f'INSERT INTO "{self.table}" ({cols}) VALUES ({marks}) ON CONFLICT(id) {action}'
                 )
                 db.executemany(sql, [[_sql_value(r[n]) for n in names] for r in group])
         return None

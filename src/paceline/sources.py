@@ -191,8 +191,8 @@ class CSV(_FileSource):
                     continue
                 data = dict(zip(header, row, strict=True))
                 item_id = _item_id(data, self.id)
-                error = None if item_id is not None else _missing_id(self.id)
-                yield Record(first_line, item_id, data, error, after)
+                missing = None if item_id is not None else _missing_id(self.id)
+                yield Record(first_line, item_id, data, missing, after)
 
 
 class IterableSource:

@@ -78,19 +78,23 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
             **{k: v for k, v in last.stats.items() if k != "pid"},
         }
     status["keys"] = [
-        _key(k.masked, k.requests, k.tokens, k.rate_limited, k.state, errors=k.errors)
-        for k in keys
+        _key(k.masked, k.requests, k.tokens, k.rate_limited, k.state, errors=k.errors) for k in keys
     ]
-    status["recent_failures"] = [
-        {"id": i, "attempts": a, "error": e} for i, a, e in failures
-    ]
+    status["recent_failures"] = [{"id": i, "attempts": a, "error": e} for i, a, e in failures]
     return status
 
 
-def _key(masked: str, requests: int, tokens: int, rate_limited: int, state: str,
-         errors: int = 0) -> dict[str, Any]:
-    return {"key": masked, "requests": requests, "tokens": tokens,
-            "rate_limited": rate_limited, "errors": errors, "state": state}
+def _key(
+    masked: str, requests: int, tokens: int, rate_limited: int, state: str, errors: int = 0
+) -> dict[str, Any]:
+    return {
+        "key": masked,
+        "requests": requests,
+        "tokens": tokens,
+        "rate_limited": rate_limited,
+        "errors": errors,
+        "state": state,
+    }
 
 
 @dataclass(slots=True)

@@ -18,9 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import JobAlreadyRunning, StoreError
-from ..item import Item, Status
-from ..sources import Position, Record
+from paceline.errors import JobAlreadyRunning, StoreError
+from paceline.item import Item, Status
+from paceline.sources import Position, Record
 
 __all__ = ["IngestResult", "KeyUsage", "Outcome", "RunInfo", "SQLiteStore"]
 
@@ -239,9 +239,7 @@ class SQLiteStore:
             assert r.id is not None
             if first.get(r.id) != r.line:
                 dups.append((r.line, r.id, first.get(r.id)))
-        self.db.executemany(
-            "INSERT INTO duplicates (line, id, first_line) VALUES (?, ?, ?)", dups
-        )
+        self.db.executemany("INSERT INTO duplicates (line, id, first_line) VALUES (?, ?, ?)", dups)
         return len(dups)
 
     def duplicates(self, limit: int = 5) -> tuple[int, list[tuple[int, str, int | None]]]:
@@ -291,8 +289,7 @@ class SQLiteStore:
         """Give back every item this run still holds (claimed, never finished)."""
         with _transaction(self.db):
             n = self.db.execute(
-                "UPDATE items SET status='pending', lease=NULL "
-                "WHERE status='running' AND lease=?",
+                "UPDATE items SET status='pending', lease=NULL WHERE status='running' AND lease=?",
                 (run_id,),
             ).rowcount
             _move(self.db, "running", "pending", n)
@@ -338,7 +335,10 @@ class SQLiteStore:
                     db.executemany(
                         "UPDATE items SET status=?, attempts=?, last_error=?, not_before=?, "
                         "lease=NULL, updated_at=? WHERE seq=? AND status='running'",
-                        [(status.value, o.attempts, o.error, o.not_before, now, o.seq) for o in group],
+                        [
+                            (status.value, o.attempts, o.error, o.not_before, now, o.seq)
+                            for o in group
+                        ],
                     )
                 _move(db, "running", status.value, db.total_changes - before)
             if sink_state is not None:
@@ -379,7 +379,7 @@ class SQLiteStore:
     # -- reading -----------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        return {s: n for s, n in self.db.execute("SELECT status, n FROM counts")}
+        return dict(self.db.execute("SELECT status, n FROM counts"))
 
     def recent_failures(self, limit: int = 5) -> list[tuple[str, int, str]]:
         rows = self.db.execute(
@@ -404,7 +404,16 @@ class SQLiteStore:
             "rate_limited=rate_limited+excluded.rate_limited, errors=errors+excluded.errors, "
             "state=excluded.state, updated_at=excluded.updated_at",
             [
-                (k.fingerprint, k.masked, k.requests, k.tokens, k.rate_limited, k.errors, k.state, now)
+                (
+                    k.fingerprint,
+                    k.masked,
+                    k.requests,
+                    k.tokens,
+                    k.rate_limited,
+                    k.errors,
+                    k.state,
+                    now,
+                )
                 for k in keys
             ],
         )
