@@ -171,6 +171,13 @@ def create_app(config: SimConfig | None = None, clock: Clock = SYSTEM_CLOCK) -> 
     ``clock`` drives the meters and every wait (latency, hangs); pass a
     :class:`~paceline.clock.FakeClock` to test time-dependent behaviour without sleeping.
     The app works with any ASGI server or with ``httpx.ASGITransport`` directly.
+
+    A refused request spends nothing; an admitted one spends its quota even when a fault is
+    injected, since the provider did receive it. ``GET /_sim/stats`` counts per masked key
+    (``…`` and the last four characters): ``requests`` = ``ok`` + ``rate_limited`` +
+    ``errors`` (bad keys, malformed requests, injected faults, GitHub 404s), and ``tokens``,
+    the usage reported by successful answers. ``POST /_sim/reset`` forgets all of it, meters
+    included, and restarts the random sequence from the seed.
     """
     config = config or SimConfig()
     sim = _Simulator(config, clock)

@@ -3,7 +3,7 @@
 Everything here is a frozen dataclass, so one :class:`SimConfig` can be shared by the app, the
 server thread and the test that built it without anyone changing it underneath the others.
 
->>> cfg = SimConfig.from_cli(keys=["sk-a", "sk-b:rpm=3"], rpm=60, latency="uniform:0.01,0.05")
+>>> cfg = SimConfig.from_cli(keys="sk-a,sk-b:rpm=3", rpm=60, latency="uniform:0.01,0.05")
 >>> cfg.limits_for("sk-b")
 KeyLimits(rpm=3, tpm=None, rpd=None, rph=None, concurrency=None)
 """
@@ -140,9 +140,12 @@ def parse_latency(spec: str) -> Latency:
 
 
 def parse_key_spec(spec: str) -> tuple[str, dict[str, int]]:
-    """Split ``"KEY"`` or ``"KEY:rpm=3,tpm=1000"`` into the key and its limit overrides.
+    """Split ``"KEY"`` or ``"KEY:rpm=3:tpm=1000"`` into the key and its limit overrides.
 
-    >>> parse_key_spec("sk-b:rpm=3,rpd=100")
+    Overrides are separated by colons, not commas, so a comma-separated list of specs
+    (``--keys a,b:rpm=3:rpd=100``) splits cleanly.
+
+    >>> parse_key_spec("sk-b:rpm=3:rpd=100")
     ('sk-b', {'rpm': 3, 'rpd': 100})
     """
     key, sep, rest = spec.partition(":")
@@ -151,16 +154,22 @@ def parse_key_spec(spec: str) -> tuple[str, dict[str, int]]:
         raise ValueError(f"bad key {spec!r}: the key is empty")
     overrides: dict[str, int] = {}
     names = {f.name for f in fields(KeyLimits)}
-    for part in rest.split(",") if sep else ():
+    for part in rest.split(":") if sep else ():
         name, eq, value = part.partition("=")
         name = name.strip()
         if not eq or name not in names or not value.strip().isdigit():
             raise ValueError(
-                f"bad key {_masked(key)}: limits look like rpm=3,tpm=1000 "
+                f"bad key {_masked(key)}: limits look like KEY:rpm=3:tpm=1000 "
                 f"(known: {', '.join(sorted(names))})"
             )
         overrides[name] = int(value)
     return key, overrides
+
+
+def _split(values: str | Iterable[str] | None) -> list[str]:
+    """Non-empty, stripped items of a list or of a comma-separated string."""
+    items = values.split(",") if isinstance(values, str) else (values or ())
+    return [item.strip() for item in items if item.strip()]
 
 
 def _masked(key: str) -> str:
@@ -177,7 +186,8 @@ class SimConfig:
     invalid key. ``error_rate`` is the share of admitted requests answered with a 5xx,
     ``hang_rate`` the share that wait ``hang_seconds`` before answering. ``seed`` makes faults
     and latencies repeatable. ``github_limit_status`` is 403 (GitHub's usual answer to an
-    exhausted primary limit) or 429 (which GitHub also documents).
+    exhausted primary limit) or 429 (which GitHub also documents); ``openai_organization``
+    is the organization OpenAI-style 429 messages name.
     """
 
     keys: Mapping[str, KeyLimits] | None = None
@@ -230,14 +240,14 @@ class SimConfig:
     @classmethod
     def from_cli(
         cls,
-        keys: Iterable[str] = (),
+        keys: str | Iterable[str] | None = (),
         *,
         rpm: int | None = None,
         tpm: int | None = None,
         rpd: int | None = None,
         rph: int | None = None,
         concurrency: int | None = None,
-        revoked: Iterable[str] = (),
+        revoked: str | Iterable[str] | None = (),
         latency: str = "0",
         error_rate: float = 0.0,
         hang_rate: float = 0.0,
@@ -248,19 +258,23 @@ class SimConfig:
     ) -> SimConfig:
         """Build a config from command-line style values; raises ``ValueError`` on bad input.
 
-        ``keys`` are specs such as ``"sk-a"`` or ``"sk-b:rpm=3,rpd=100"``: each key gets the
-        default limits (``rpm`` ... ``concurrency``) with its own overrides on top. No keys
-        means any key is accepted with the default limits.
+        ``keys`` are specs such as ``"sk-a"`` or ``"sk-b:rpm=3:rpd=100"``, as a list or as one
+        comma-separated string (``revoked`` likewise, plain keys): each key gets the default
+        limits (``rpm`` ... ``concurrency``) with its own overrides on top. No keys means any
+        key is accepted with the default limits.
+
+        >>> SimConfig.from_cli("a,b:rpm=3", rpm=60).limits_for("b").rpm
+        3
         """
         defaults = KeyLimits(rpm=rpm, tpm=tpm, rpd=rpd, rph=rph, concurrency=concurrency)
         table: dict[str, KeyLimits] = {}
-        for spec in keys:
+        for spec in _split(keys):
             key, overrides = parse_key_spec(spec)
             table[key] = replace(defaults, **overrides)
         return cls(
             keys=table or None,
             default_limits=defaults,
-            revoked=frozenset(revoked),
+            revoked=frozenset(_split(revoked)),
             latency=parse_latency(latency),
             error_rate=error_rate,
             hang_rate=hang_rate,

@@ -63,7 +63,9 @@ class SimServer:
 
     Use ``async with`` inside a running event loop, or ``start()``/``stop()`` (or a plain
     ``with``) to serve from a background thread with its own loop, e.g. when the code under
-    test is synchronous or runs in a subprocess. A server starts once.
+    test is synchronous or runs in a subprocess. The port is bound on creation, so
+    :attr:`url` is known at once; a server starts once, and ``stop()`` releases the port
+    even if it never started.
     """
 
     def __init__(
@@ -76,8 +78,10 @@ class SimServer:
     ) -> None:
         self.config = config or SimConfig()
         self.app = create_app(self.config, clock)
-        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        # proto must say TCP: asyncio turns Nagle off (TCP_NODELAY) only on sockets that do,
+        # and with Nagle on, every answer waits ~40 ms for a delayed ACK.
+        self._socket = socket.socket(family, kind, socket.IPPROTO_TCP)
         if sys.platform != "win32":
             # Lets a fixed port be reused right after a restart; on Windows the same option
             # would let two servers share a port, so it stays off there.
@@ -126,7 +130,7 @@ class SimServer:
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         ready = asyncio.create_task(self._server.started_event.wait())
         await asyncio.wait(
-            {self._task, ready}, timeout=_START_TIMEOUT, return_when="FIRST_COMPLETED"
+            {self._task, ready}, timeout=_START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
         )
         ready.cancel()
         if not self._server.started_event.is_set():
@@ -152,7 +156,8 @@ class SimServer:
         self._claim()
         self._thread = threading.Thread(target=self._run_thread, name="paceline-sim", daemon=True)
         self._thread.start()
-        if not self._ready.wait(_START_TIMEOUT) or self._thread_error is not None:
+        self._ready.wait(_START_TIMEOUT)
+        if not self._server.started or self._thread_error is not None:
             self.stop()
             raise RuntimeError("the simulated provider did not start") from self._thread_error
         return self.url
@@ -166,10 +171,14 @@ class SimServer:
             asyncio.run(run())
         except BaseException as error:  # reported to start(), which re-raises it
             self._thread_error = error
+        finally:
+            self._ready.set()  # a failed start must not leave start() waiting
 
     def stop(self) -> None:
         """Stop the background thread started by :meth:`start` and wait for it."""
         if self._thread is None:
+            if self._task is None:
+                self._socket.close()  # never served: uvicorn would have closed it on shutdown
             return
         if self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to stop

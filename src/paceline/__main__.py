@@ -1,0 +1,5 @@
+"""``python -m paceline`` runs the CLI."""
+
+from .cli import main
+
+main()

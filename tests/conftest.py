@@ -1,0 +1,76 @@
+"""Shared test helpers: the simulated provider, and the CLI run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paceline.sim import KeyLimits, SimConfig, SimServer, parse_latency
+
+SimFactory = Callable[..., SimServer]
+
+
+@pytest.fixture
+def sim_server() -> Iterator[SimFactory]:
+    """Start simulated providers on free loopback ports; all are stopped after the test."""
+    servers: list[SimServer] = []
+
+    def start(
+        *,
+        latency: str = "fixed:0.005",
+        limits: KeyLimits | None = None,
+        keys: dict[str, KeyLimits] | None = None,
+        **options: Any,
+    ) -> SimServer:
+        config = SimConfig(
+            keys=keys,
+            default_limits=limits or KeyLimits(),
+            latency=parse_latency(latency),
+            **options,
+        )
+        server = SimServer(config)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def paceline_cmd(*args: str | os.PathLike[str]) -> list[str]:
+    return [sys.executable, "-m", "paceline", *map(str, args)]
+
+
+def run_cli(
+    *args: str | os.PathLike[str],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``paceline ARGS`` to its end, without a terminal and without standard input."""
+    return subprocess.run(
+        paceline_cmd(*args),
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]

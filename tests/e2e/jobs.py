@@ -1,0 +1,56 @@
+"""Job files the end-to-end tests run through the real CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# A job that sends each item through the simulated OpenAI-style API; the sim's URL comes
+# from SIM_URL so a rerun can point at another server.
+SIM_JOB = """
+import os
+from pathlib import Path
+
+import paceline as pl
+
+HERE = Path(__file__).parent
+job = pl.Job(
+    "work",
+    source=pl.JSONL(HERE / "items.jsonl", id="id"),
+    sink={sink},
+    keys=pl.KeyPool({keys!r}),
+    retries=8,
+    concurrency={concurrency},
+    backoff=pl.Backoff(base=0.05, cap=0.5),
+)
+
+
+@job.task
+async def work(item, ctx):
+    text = "item " + item.id + " " + item.data["text"]
+    body = {{"model": "m", "messages": [{{"role": "user", "content": text}}]}}
+    r = await ctx.http.post(os.environ["SIM_URL"] + "/v1/chat/completions", json=body)
+    r.raise_for_status()
+    return {{"n": item.data["n"], "summary": r.json()["choices"][0]["message"]["content"]}}
+"""
+
+KEYS = ["sk-test-aaaaaaaaaaaaaaaa0001", "sk-test-bbbbbbbbbbbbbbbb0002"]
+
+
+def write_sim_job(
+    folder: Path, items: int, *, sink: str = "jsonl", concurrency: int = 8
+) -> Path:
+    """Write items.jsonl and job.py into ``folder``; returns the job file."""
+    with (folder / "items.jsonl").open("w") as f:
+        for n in range(items):
+            f.write(f'{{"id": "it-{n:05d}", "n": {n}, "text": "words of item {n}"}}\n')
+    sink_code = {
+        "jsonl": 'pl.JSONLSink(HERE / "out.jsonl")',
+        "sqlite": 'pl.SQLiteSink(HERE / "out.db", table="results")',
+    }[sink]
+    job = folder / "job.py"
+    job.write_text(SIM_JOB.format(sink=sink_code, keys=KEYS, concurrency=concurrency))
+    return job
+
+
+def expected_summary(item_id: str, n: int) -> str:
+    return f"Summary: item {item_id} words of item {n}"

@@ -1,0 +1,223 @@
+"""KeyPool: keys from the environment, never shown in full, rotated, cooled and disabled."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from paceline.clock import FakeClock
+from paceline.errors import ConfigError
+from paceline.keys import Cost, Key, KeyPool, NoUsableKey
+
+LONG = "sk-live-0123456789abcdef"
+SHORT = "zq-short-key"
+
+
+def secrets(pool: KeyPool) -> list[str]:
+    return [k.secret for k in pool.keys]
+
+
+async def settle() -> None:
+    """Let every task that can run now take its turn (no time passes on any clock)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+# -- from_env ----------------------------------------------------------------------------
+
+
+def test_numbered_variables_are_ordered_by_number() -> None:
+    environ = {"P10": "k10", "P_2": "k2", "P1": "k1", "PATH": "/bin", "P_X": "nope"}
+    pool = KeyPool.from_env("P", env_file=None, environ=environ)
+    assert secrets(pool) == ["k1", "k2", "k10"]
+
+
+def test_a_comma_separated_variable_gives_several_keys() -> None:
+    pool = KeyPool.from_env("P", env_file=None, environ={"P": "ka, kb,,kc ,"})
+    assert secrets(pool) == ["ka", "kb", "kc"]
+
+
+def test_numbered_and_comma_separated_variables_together_without_repeats() -> None:
+    environ = {"P_2": "k2", "P_1": "k1", "P": "kx,k1"}
+    pool = KeyPool.from_env("P", env_file=None, environ=environ)
+    assert secrets(pool) == ["k1", "k2", "kx"]
+
+
+def test_keys_come_from_an_env_file_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("P_1=from-file-1\nP_2=from-file-2\n# P_3=commented-out\n")
+    pool = KeyPool.from_env("P", env_file=env_file, environ={"P_1": "from-env-1"})
+    assert secrets(pool) == ["from-env-1", "from-file-2"]
+
+
+def test_a_missing_env_file_is_not_an_error(tmp_path: Path) -> None:
+    pool = KeyPool.from_env("P", env_file=tmp_path / "absent.env", environ={"P_1": "k1"})
+    assert secrets(pool) == ["k1"]
+
+
+def test_no_keys_is_a_config_error_naming_the_variables_to_set() -> None:
+    with pytest.raises(ConfigError) as info:
+        KeyPool.from_env("OPENAI_KEY", env_file=None, environ={"OPENAI_KEY_1": "  "})
+    message = str(info.value)
+    assert "OPENAI_KEY_1" in message
+    assert "OPENAI_KEY=" in message
+
+
+def test_an_empty_key_list_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no keys"):
+        KeyPool(["", "  "])
+
+
+# -- masking and redaction ---------------------------------------------------------------
+
+
+def test_a_long_key_shows_only_its_last_four_characters() -> None:
+    assert Key(LONG).masked == "…cdef"
+
+
+def test_a_short_key_shows_no_piece_of_itself() -> None:
+    masked = Key(SHORT).masked
+    assert masked.startswith("…")
+    assert len(masked) == 5
+    assert not any(SHORT[i : i + 2] in masked for i in range(len(SHORT) - 1))
+
+
+def test_two_keys_with_the_same_ending_are_told_apart_by_fingerprint() -> None:
+    a, b = Key("sk-aaaaaaaaaaaa-1234"), Key("sk-bbbbbbbbbbbb-1234")
+    assert a.masked == b.masked
+    assert a.fingerprint != b.fingerprint
+
+
+@pytest.mark.parametrize("secret", [LONG, SHORT])
+def test_repr_and_str_never_contain_the_secret(secret: str) -> None:
+    key = Key(secret)
+    for text in (repr(key), str(key), f"{key}", repr([key])):
+        assert secret not in text
+        assert key.masked in text
+    assert secret not in repr(KeyPool([secret]).keys)
+
+
+def test_redact_replaces_secrets_also_when_url_quoted() -> None:
+    odd = "sk/live+key=0123456789"
+    pool = KeyPool([LONG, odd])
+    quoted = urllib.parse.quote(odd, safe="")
+    text = f"Authorization: Bearer {LONG}; GET /v1?key={quoted} and again {odd}"
+    redacted = pool.redact(text)
+    assert LONG not in redacted
+    assert odd not in redacted
+    assert quoted not in redacted
+    assert redacted == "Authorization: Bearer …cdef; GET /v1?key=…6789 and again …6789"
+
+
+def test_redact_leaves_text_without_secrets_alone() -> None:
+    text = "HTTP 500 from POST https://api.example.com/v1"
+    assert KeyPool([LONG]).redact(text) == text
+
+
+# -- how a key travels -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("auth", "headers", "params"),
+    [
+        ("bearer", {"Authorization": f"Bearer {LONG}"}, {}),
+        ("token", {"Authorization": f"token {LONG}"}, {}),
+        ("header:X-Api-Key", {"X-Api-Key": LONG}, {}),
+        ("query:key", {}, {"key": LONG}),
+    ],
+)
+def test_headers_and_params_for_each_auth(
+    auth: str, headers: dict[str, str], params: dict[str, str]
+) -> None:
+    pool = KeyPool([LONG], auth=auth)
+    assert pool.headers_and_params(pool.keys[0]) == (headers, params)
+
+
+@pytest.mark.parametrize("auth", ["basic", "header:", "query:", "header:X Api", "Bearer"])
+def test_an_unknown_auth_is_a_config_error(auth: str) -> None:
+    with pytest.raises(ConfigError, match="auth"):
+        KeyPool([LONG], auth=auth)
+
+
+def test_from_env_passes_auth_on() -> None:
+    pool = KeyPool.from_env("P", env_file=None, environ={"P": "k"}, auth="query:api_key")
+    assert pool.headers_and_params(pool.keys[0]) == ({}, {"api_key": "k"})
+
+
+# -- acquire and record ------------------------------------------------------------------
+
+
+async def test_acquire_round_robins_across_keys() -> None:
+    pool = KeyPool(["ka", "kb", "kc"], clock=FakeClock())
+    picked = [(await pool.acquire()).secret for _ in range(7)]
+    assert picked == ["ka", "kb", "kc", "ka", "kb", "kc", "ka"]
+
+
+async def test_a_429_cools_that_key_for_its_retry_after() -> None:
+    clock = FakeClock()
+    pool = KeyPool(["ka", "kb", "kc"], clock=clock)
+    kb = pool.keys[1]
+    pool.record(kb, 429, retry_after=10)
+    assert kb.state == "cooling"
+
+    assert "kb" not in [(await pool.acquire()).secret for _ in range(6)]
+    clock.advance(9.9)
+    assert "kb" not in [(await pool.acquire()).secret for _ in range(6)]
+    clock.advance(0.1)
+    assert "kb" in [(await pool.acquire()).secret for _ in range(3)]
+    assert kb.state == "ready"
+    assert kb.rate_limited == 1
+
+
+async def test_acquire_waits_for_the_first_key_to_cool_down_when_all_are_cooling() -> None:
+    clock = FakeClock()
+    pool = KeyPool(["ka", "kb"], clock=clock)
+    pool.record(pool.keys[0], 429, retry_after=30)
+    pool.record(pool.keys[1], 429, retry_after=5)
+
+    waiting = asyncio.create_task(pool.acquire())
+    await settle()
+    assert not waiting.done()
+    clock.advance(4)
+    await settle()
+    assert not waiting.done()
+    clock.advance(1)
+    key = await asyncio.wait_for(waiting, timeout=1)
+    assert key.secret == "kb"
+
+
+async def test_a_401_disables_the_key_for_good() -> None:
+    clock = FakeClock()
+    pool = KeyPool(["ka", "kb"], clock=clock)
+    pool.record(pool.keys[0], 401, retry_after=None)
+    clock.advance(3600)
+    assert {(await pool.acquire()).secret for _ in range(4)} == {"kb"}
+    assert [k.secret for k in pool.usable()] == ["kb"]
+    assert pool.keys[0].errors == 1
+
+
+async def test_acquire_raises_no_usable_key_once_every_key_is_disabled() -> None:
+    pool = KeyPool(["ka", "kb"], clock=FakeClock())
+    for key in pool.keys:
+        pool.record(key, 401, retry_after=None)
+    with pytest.raises(NoUsableKey):
+        await pool.acquire()
+    assert issubclass(NoUsableKey, ConfigError)
+
+
+async def test_usage_since_last_reports_what_changed_since_the_previous_call() -> None:
+    pool = KeyPool(["ka", "kb"], clock=FakeClock())
+    ka, kb = pool.keys
+    await pool.acquire(Cost(tokens=100))  # ka
+    await pool.acquire(Cost(tokens=40))  # kb
+    await pool.acquire(Cost(tokens=10))  # ka
+    pool.record(kb, 429, retry_after=1)
+    pool.record(ka, 500, retry_after=None)
+
+    assert pool.usage_since_last() == [(ka, 2, 110, 0, 1), (kb, 1, 40, 1, 0)]
+    await pool.acquire()  # ka
+    assert pool.usage_since_last() == [(ka, 1, 0, 0, 0), (kb, 0, 0, 0, 0)]
+    assert pool.usage_since_last() == [(ka, 0, 0, 0, 0), (kb, 0, 0, 0, 0)]
