@@ -38,8 +38,9 @@ def make_source(path: Path, n: int) -> None:
 def run_paceline(src: Path, work: Path) -> None:
     import paceline as pl
 
-    job = pl.Job("bench", source=pl.JSONL(src, id="id"),
-                 sink=pl.SQLiteSink(work / "out.db", table="rows"))
+    job = pl.Job(
+        "bench", source=pl.JSONL(src, id="id"), sink=pl.SQLiteSink(work / "out.db", table="rows")
+    )
 
     @job.task
     async def noop(item: pl.Item, ctx: pl.Context) -> dict[str, int]:
@@ -103,8 +104,7 @@ def child(kind: str, src: str, work: str) -> None:
 def measure(kind: str, src: Path, items: int, limit: int | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir=src.parent) as work:
         cmd = [sys.executable, __file__, "--child", kind, str(src), work]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                             timeout=limit).stdout
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=limit).stdout
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     result["items_per_s"] = items / result["seconds"]
     return result
@@ -114,8 +114,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--script-items", type=int, default=20_000,
-                        help="the per-item-commit script is slow: run it on fewer items")
+    parser.add_argument(
+        "--script-items",
+        type=int,
+        default=20_000,
+        help="the per-item-commit script is slow: run it on fewer items",
+    )
     parser.add_argument("--memory-sizes", default="100000,1000000")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "SRC", "WORK"))
     args = parser.parse_args()
@@ -124,8 +128,10 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="paceline-bench-") as tmp:
         base = Path(tmp)
-        print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
-              f"SQLite {sqlite3.sqlite_version}")
+        print(
+            f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+            f"SQLite {sqlite3.sqlite_version}"
+        )
         print(f"\nthroughput, no-op task, {args.items:,} items (median of {args.repeat}):")
         src = base / "items.jsonl"
         make_source(src, args.items)
@@ -149,8 +155,10 @@ def main() -> None:
             make_source(path, size)
             r = measure("paceline", path, size)
             peaks.append(r["peak_mib"])
-            print(f"  {size:>9,} items: {r['peak_mib']:6.1f} MiB peak, "
-                  f"{r['items_per_s']:,.0f} items/s")
+            print(
+                f"  {size:>9,} items: {r['peak_mib']:6.1f} MiB peak, "
+                f"{r['items_per_s']:,.0f} items/s"
+            )
             path.unlink()
         print(f"  ratio {sizes[-1]:,} / {sizes[0]:,} items: {peaks[-1] / peaks[0]:.2f}")
 

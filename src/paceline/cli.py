@@ -136,12 +136,12 @@ def dry_run_report(job: Any, store_path: Path) -> str:
     r = dry_run(job, store_path)
     lines = [
         f"dry run of job {job.name!r}: {r.records:,} records in {job.source.describe()}",
-        f"  new (would run):     {r.new:,}",
-        f"  already done:        {r.done:,}",
-        f"  waiting or retrying: {r.waiting:,}",
-        f"  failed before:       {r.failed:,}",
-        f"  invalid:             {r.invalid:,}",
-        f"  duplicate ids:       {r.duplicates:,}",
+        f"  would run:      {r.new + r.waiting:,} ({r.new:,} new, {r.waiting:,} left from"
+        " earlier runs)",
+        f"  already done:   {r.done:,}",
+        f"  failed before:  {r.failed:,} (`paceline retry` puts them back)",
+        f"  invalid:        {r.invalid:,}",
+        f"  duplicate ids:  {r.duplicates:,}",
     ]
     lines += [f"    {example}" for example in r.examples]
     lines.append("nothing was called and nothing was written")
@@ -248,16 +248,29 @@ def demo(items: int, n_keys: int, workdir: Path, progress: str) -> int:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(min=0, max=65535), default=8800, show_default=True)
 @click.option(
-    "--keys", "keys", default=None, help="Comma-separated keys to accept (default: any key)."
+    "--port",
+    type=click.IntRange(min=0, max=65535),
+    default=8800,
+    show_default=True,
+    help="0 picks a free port.",
+)
+@click.option(
+    "--keys",
+    "keys",
+    default=None,
+    help="Keys to accept, comma-separated, each with optional limits: "
+    "'sk-a,sk-b:rpm=3:tpm=1000' (default: any key, with the limits below).",
 )
 @click.option("--revoked", default="", help="Comma-separated keys answered as invalid.")
 @click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests/minute per key.")
 @click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens/minute per key.")
 @click.option("--rpd", type=click.IntRange(min=1), default=None, help="Requests/day per key.")
 @click.option(
-    "--rph", type=click.IntRange(min=1), default=None, help="Requests/hour per key (GitHub style)."
+    "--rph",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Requests/hour per key (GitHub's primary limit).",
 )
 @click.option(
     "--concurrency", type=click.IntRange(min=1), default=None, help="In-flight requests per key."
@@ -280,10 +293,23 @@ def demo(items: int, n_keys: int, workdir: Path, progress: str) -> int:
     type=click.FloatRange(0, 1),
     default=0.0,
     show_default=True,
-    help="Share of requests that hang.",
+    help="Share of requests that hang for --hang-seconds.",
 )
 @click.option("--hang-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True)
-@click.option("--seed", type=int, default=None)
+@click.option(
+    "--day-resets-tz",
+    default="America/Los_Angeles",
+    show_default=True,
+    help="Time zone whose midnight resets daily quotas (Gemini: Pacific).",
+)
+@click.option(
+    "--github-limit-status",
+    type=click.Choice(["403", "429"]),
+    default="403",
+    show_default=True,
+    help="Status GitHub-style answers give an exhausted token.",
+)
+@click.option("--seed", type=int, default=None, help="Seed for latency and faults.")
 def sim(
     host: str,
     port: int,
@@ -298,28 +324,45 @@ def sim(
     error_rate: float,
     hang_rate: float,
     hang_seconds: float,
+    day_resets_tz: str,
+    github_limit_status: str,
     seed: int | None,
 ) -> int:
-    """Serve the simulated rate-limited provider (OpenAI, Anthropic, GitHub, Gemini styles)."""
-    from .sim import KeyLimits, SimConfig, parse_latency, serve
+    """Serve the simulated rate-limited provider (OpenAI, Anthropic, GitHub, Gemini styles).
+
+    Routes: POST /v1/chat/completions (OpenAI), POST /v1/messages (Anthropic),
+    GET /repos/OWNER/REPO[/commits|/languages] (GitHub),
+    POST /v1beta/models/MODEL:generateContent (Gemini), GET /_sim/stats.
+    """
+    from .sim import SimConfig, serve
 
     try:
-        lat = parse_latency(latency)
+        config = SimConfig.from_cli(
+            keys,
+            rpm=rpm,
+            tpm=tpm,
+            rpd=rpd,
+            rph=rph,
+            concurrency=concurrency,
+            revoked=revoked,
+            latency=latency,
+            error_rate=error_rate,
+            hang_rate=hang_rate,
+            hang_seconds=hang_seconds,
+            seed=seed,
+            day_resets_tz=day_resets_tz,
+            github_limit_status=int(github_limit_status),
+        )
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--latency") from None
-    limits = KeyLimits(rpm=rpm, tpm=tpm, rpd=rpd, rph=rph, concurrency=concurrency)
-    accepted = [k for k in (keys or "").split(",") if k.strip()]
-    config = SimConfig(
-        keys={k.strip(): limits for k in accepted} if accepted else None,
-        default_limits=limits,
-        revoked=frozenset(k.strip() for k in revoked.split(",") if k.strip()),
-        latency=lat,
-        error_rate=error_rate,
-        hang_rate=hang_rate,
-        hang_seconds=hang_seconds,
-        seed=seed,
-    )
-    serve(config, host, port)
+        raise click.UsageError(str(exc)) from None
+
+    def ready(url: str) -> None:
+        click.echo(f"paceline sim: serving on {url} (Ctrl+C to stop)")
+
+    try:
+        serve(config, host, port, on_ready=ready)
+    except OSError as exc:
+        raise click.UsageError(str(exc)) from None
     return 0
 
 

@@ -300,12 +300,21 @@ class Engine:
             await self._wait_progress(max(0.0, min(due - self.clock.time(), 1.0)))
 
     async def _wait_progress(self, timeout: float) -> None:
+        """Wait for a worker, the flusher or the source to move, or ``timeout`` clock-seconds.
+
+        The time goes through the job's clock, so a test moving a fake clock past a
+        retry's due time wakes the run at once.
+        """
         self._progress.clear()
+        waiters = [
+            asyncio.ensure_future(self._progress.wait()),
+            asyncio.ensure_future(self.clock.sleep(timeout)),
+        ]
         try:
-            async with asyncio.timeout(timeout):
-                await self._progress.wait()
-        except TimeoutError:
-            pass
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _shut_down(self, workers: list[asyncio.Task[None]]) -> None:
         if self._stopping not in (None, "max-items"):

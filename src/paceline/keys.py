@@ -167,7 +167,7 @@ class KeyPool:
         if status == 429:
             key.rate_limited += 1
             key.state = "cooling"
-            key.cooling_until = self.clock.time() + (retry_after if retry_after else 1.0)
+            key.cooling_until = self.clock.time() + (1.0 if retry_after is None else retry_after)
         elif status == 401:
             key.errors += 1
             key.state = "disabled"

@@ -79,7 +79,7 @@ def _status_retryable(status: int) -> bool:
 
 def _http_message(response: httpx.Response) -> str:
     request = response.request
-    url = request.url.copy_with(query=None)
+    url = request.url.copy_with(query=None, userinfo=b"")
     text = f"HTTP {response.status_code} {response.reason_phrase} from {request.method} {url}"
     try:
         body = response.text.strip().replace("\n", " ")
@@ -109,6 +109,8 @@ def classify(
         response = exc.response
         after = retry_after_seconds(response.headers, now)
         return Failure(_status_retryable(response.status_code), after, _http_message(response))
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return Failure(False, None, _exception_text(exc))  # a wrong URL will not heal
     if isinstance(exc, (httpx.TransportError, TimeoutError)):
         return Failure(True, None, _exception_text(exc))
     if isinstance(exc, sqlite3.OperationalError) and any(

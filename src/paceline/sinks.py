@@ -93,8 +93,10 @@ class SQLiteSink:
             )
             self._columns = ["id", *[n for n in names if n != "id"]]
             return
+        known = {c.lower() for c in self._columns}  # SQLite column names ignore case
         for name in names:
-            if name not in self._columns:
+            if name.lower() not in known:
+                known.add(name.lower())
                 self._db.execute(f'ALTER TABLE "{self.table}" ADD COLUMN "{name}"')
                 self._columns.append(name)
 

@@ -153,7 +153,9 @@ class CSV(_FileSource):
             consumed = [0, 0]  # bytes and physical lines handed to the csv reader so far
 
             def lines() -> Iterator[str]:
-                decoder = codecs.getincrementaldecoder(self.encoding)()
+                # utf-8-sig drops a byte order mark before the csv module sees the header
+                utf8 = codecs.lookup(self.encoding).name == "utf-8"
+                decoder = codecs.getincrementaldecoder("utf-8-sig" if utf8 else self.encoding)()
                 for raw in f:
                     consumed[0] += len(raw)
                     consumed[1] += 1

@@ -36,9 +36,7 @@ async def work(item, ctx):
 KEYS = ["sk-test-aaaaaaaaaaaaaaaa0001", "sk-test-bbbbbbbbbbbbbbbb0002"]
 
 
-def write_sim_job(
-    folder: Path, items: int, *, sink: str = "jsonl", concurrency: int = 8
-) -> Path:
+def write_sim_job(folder: Path, items: int, *, sink: str = "jsonl", concurrency: int = 8) -> Path:
     """Write items.jsonl and job.py into ``folder``; returns the job file."""
     with (folder / "items.jsonl").open("w") as f:
         for n in range(items):

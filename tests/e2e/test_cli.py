@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import SimFactory, paceline_cmd, read_jsonl, run_cli, write_jsonl
 from tests.e2e.jobs import write_sim_job
 
@@ -77,7 +76,9 @@ def test_job_file_that_raises_names_its_line(tmp_path: Path) -> None:
 
 
 def test_job_with_a_bad_option_value(tmp_path: Path) -> None:
-    (tmp_path / "job.py").write_text("import paceline as pl\njob = pl.Job('x', source=[], retries=-1)\n")
+    (tmp_path / "job.py").write_text(
+        "import paceline as pl\njob = pl.Job('x', source=[], retries=-1)\n"
+    )
     assert_one_line_error(run_cli("run", tmp_path / "job.py"), "retries")
 
 
@@ -140,16 +141,16 @@ def test_dry_run_reports_and_touches_nothing(tmp_path: Path) -> None:
     dry = run_cli("run", job, "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "21 records" in dry.stdout
-    assert "new (would run):     15" in dry.stdout
-    assert "already done:        5" in dry.stdout
-    assert "invalid:             1" in dry.stdout
+    assert "would run:      15 (0 new, 15 left from earlier runs)" in dry.stdout
+    assert "already done:   5" in dry.stdout
+    assert "invalid:        1" in dry.stdout
     assert "line 21: invalid JSON" in dry.stdout
     assert (tmp_path / "out.jsonl").read_bytes() == out_before
 
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     job2 = local_job(fresh, 7)
-    assert "new (would run):     7" in run_cli("run", job2, "--dry-run").stdout
+    assert "would run:      7 (7 new, 0 left" in run_cli("run", job2, "--dry-run").stdout
     assert not (fresh / ".paceline").exists() and not (fresh / "out.jsonl").exists()
 
 
@@ -191,8 +192,13 @@ def test_second_run_on_the_same_store_is_refused(tmp_path: Path, sim_server: Sim
     sim = sim_server(latency="fixed:1")
     job = write_sim_job(tmp_path, 20, concurrency=2)
     env = {**os.environ, "SIM_URL": sim.url}
-    first = subprocess.Popen(paceline_cmd("run", job), env=env, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        paceline_cmd("run", job),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 15
         while json.loads(run_cli("status", job, "--json").stdout)["state"] != "running":
@@ -230,8 +236,12 @@ def test_in_a_terminal_a_live_dashboard_shows_progress(
     job = write_sim_job(tmp_path, 80, concurrency=4)
     main, child = pty.openpty()
     proc = subprocess.Popen(
-        paceline_cmd("run", job), cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=child,
-        stderr=child, env={**os.environ, "SIM_URL": sim.url, "COLUMNS": "120", "TERM": "xterm"},
+        paceline_cmd("run", job),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=child,
+        stderr=child,
+        env={**os.environ, "SIM_URL": sim.url, "COLUMNS": "120", "TERM": "xterm"},
     )
     os.close(child)
     screen = b""
@@ -262,8 +272,12 @@ def test_status_while_a_run_is_going_from_another_process(
     job = write_sim_job(tmp_path, 60, concurrency=5)
     assert json.loads(run_cli("status", job, "--json").stdout)["state"] == "not started"
     proc = subprocess.Popen(
-        paceline_cmd("run", job), cwd=tmp_path, env={**os.environ, "SIM_URL": sim.url},
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        paceline_cmd("run", job),
+        cwd=tmp_path,
+        env={**os.environ, "SIM_URL": sim.url},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     seen = []
     while proc.poll() is None:
@@ -282,11 +296,15 @@ def test_status_while_a_run_is_going_from_another_process(
     assert dones == sorted(dones) and dones[-1] > dones[0]
     final = json.loads(run_cli("status", job, "--json").stdout)
     assert (final["state"], final["done"], final["pending"], final["running"]) == (
-        "finished", 60, 0, 0,
+        "finished",
+        60,
+        0,
+        0,
     )
     assert sum(k["requests"] for k in final["keys"]) >= 60
-    assert all(set(k) >= {"key", "requests", "tokens", "rate_limited", "state"}
-               for k in final["keys"])
+    assert all(
+        set(k) >= {"key", "requests", "tokens", "rate_limited", "state"} for k in final["keys"]
+    )
     human = run_cli("status", job)
     assert "60/60 (100.0%)" in human.stdout
 

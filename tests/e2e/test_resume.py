@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import SimFactory, paceline_cmd, read_jsonl, run_cli
 from tests.e2e.jobs import expected_summary, write_sim_job
 
@@ -44,8 +43,12 @@ def test_sigkill_at_random_moments_loses_nothing_and_writes_nothing_twice(
     kills = 0
     while kills < 6:
         proc = subprocess.Popen(
-            paceline_cmd("run", job), cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            paceline_cmd("run", job),
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(rng.uniform(0.4, 1.2))
         if proc.poll() is not None:

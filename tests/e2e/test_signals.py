@@ -11,16 +11,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.conftest import SimFactory, paceline_cmd, read_jsonl, run_cli
 from tests.e2e.jobs import write_sim_job
 
 
 def _start(job: Path, sim_url: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        paceline_cmd("run", job, *args), cwd=job.parent,
-        env={**os.environ, "SIM_URL": sim_url}, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        paceline_cmd("run", job, *args),
+        cwd=job.parent,
+        env={**os.environ, "SIM_URL": sim_url},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -82,7 +85,7 @@ def test_second_sigint_stops_at_once_and_the_next_run_finishes_cleanly(
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert time.monotonic() - started < 5, "a second Ctrl+C must not wait for the grace period"
     assert "Traceback" not in err

@@ -107,9 +107,6 @@ def test_message_carries_the_start_of_the_response_body() -> None:
     assert classify(exc, NOW).message.endswith(': {"error": "model not found"}')
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: user:password in the request URL is kept in the failure message"
-)
 def test_message_does_not_show_a_password_from_the_url() -> None:
     message = classify(status_error(500, url="https://bot:SECRET@api.example.com/v1"), NOW).message
     assert "SECRET" not in message

@@ -140,10 +140,6 @@ def test_the_same_lines_ingested_again_are_not_duplicates(store: SQLiteStore) ->
     assert nonzero(store.counts()) == {"pending": 2, "failed": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: re-reading a source records each of its duplicate lines once more",
-)
 def test_reading_a_source_again_does_not_count_its_duplicates_twice(store: SQLiteStore) -> None:
     chunk = (good(1, "a"), good(2, "a"))
     ingest(store, *chunk)

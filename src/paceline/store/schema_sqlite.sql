@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS source_state (
 CREATE TABLE IF NOT EXISTS duplicates (
     line       INTEGER NOT NULL,
     id         TEXT NOT NULL,
-    first_line INTEGER
+    first_line INTEGER,
+    PRIMARY KEY (line, id)
 );
 
 CREATE TABLE IF NOT EXISTS runs (

@@ -239,8 +239,12 @@ class SQLiteStore:
             assert r.id is not None
             if first.get(r.id) != r.line:
                 dups.append((r.line, r.id, first.get(r.id)))
-        self.db.executemany("INSERT INTO duplicates (line, id, first_line) VALUES (?, ?, ?)", dups)
-        return len(dups)
+        # A source read again from its start meets its duplicates again: count them once.
+        before = self.db.total_changes
+        self.db.executemany(
+            "INSERT OR IGNORE INTO duplicates (line, id, first_line) VALUES (?, ?, ?)", dups
+        )
+        return self.db.total_changes - before
 
     def duplicates(self, limit: int = 5) -> tuple[int, list[tuple[int, str, int | None]]]:
         (n,) = self.db.execute("SELECT count(*) FROM duplicates").fetchone()
