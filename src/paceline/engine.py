@@ -485,7 +485,9 @@ class Engine:
                 elif outcome.status is Status.FAILED:
                     self._failed_run += 1
                 if outcome.error and outcome.status is not Status.DONE:
-                    self._errors.append((outcome.item_id, outcome.error))
+                    retrying = outcome.status is Status.RETRY
+                    what = f"attempt {outcome.attempts}, {'will retry' if retrying else 'failed'}"
+                    self._errors.append((f"{outcome.item_id} ({what})", outcome.error))
             self._progress.set()
 
     def _commit(
