@@ -59,7 +59,7 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
     in_flight = int(live.stats.get("in_flight", 0)) if live else 0
     claimed = counts.get("running", 0)
     status.update(
-        state="running" if live else (last.state if last else "not started"),
+        state=_state(live is not None, last.state if last else None),
         done=counts.get("done", 0),
         failed=counts.get("failed", 0),
         running=min(in_flight, claimed),
@@ -82,6 +82,15 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
     ]
     status["recent_failures"] = [{"id": i, "attempts": a, "error": e} for i, a, e in failures]
     return status
+
+
+def _state(live: bool, last: str | None) -> str:
+    if live:
+        return "running"
+    if last is None:
+        return "not started"
+    # A run recorded as running whose process is gone was killed (or its machine died).
+    return "interrupted" if last in ("running", "dead") else last
 
 
 def _key(

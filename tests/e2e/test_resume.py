@@ -61,6 +61,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_writes_nothing_twice(
     assert progress[-1] < ITEMS, "every kill must land while work remains"
     assert progress[-1] > progress[0], f"no progress across kills: {progress}"
 
+    killed = json.loads(run_cli("status", job, "--json", cwd=tmp_path).stdout)
+    assert (killed["state"], killed["running"]) == ("interrupted", 0)
+    assert killed["done"] == progress[-1] and killed["total"] <= ITEMS
+
     final = run_cli("run", job, cwd=tmp_path, env={"SIM_URL": sim.url})
     assert final.returncode == 0, final.stderr + final.stdout
 
