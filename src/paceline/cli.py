@@ -19,7 +19,7 @@ import click
 from . import __version__
 from ._jobfile import load_job
 from .errors import PacelineError
-from .report import LiveReporter, LogReporter, Reporter, summary_text
+from .report import LiveReporter, LogReporter, Reporter, format_duration, key_line, summary_text
 from .status import dry_run, job_status
 
 __all__ = ["cli", "main"]
@@ -53,9 +53,14 @@ def cli() -> None:
     type=click.IntRange(min=1),
     envvar="PACELINE_CONCURRENCY",
     show_envvar=True,
-    help="Items in flight at once (default: the job's, 16).",
+    help="Items in flight at once (default: automatic with keys, else 16).",
 )
 @click.option("--sequential", is_flag=True, help="One item at a time, in order.")
+@click.option(
+    "--until-quota",
+    is_flag=True,
+    help="Stop (exit 0) when every key is out of quota, instead of waiting.",
+)
 @click.option("--max-items", type=click.IntRange(min=0), help="Stop after taking N items.")
 @click.option(
     "--dry-run",
@@ -95,6 +100,7 @@ def run(
     store: Path | None,
     concurrency: int | None,
     sequential: bool,
+    until_quota: bool,
     max_items: int | None,
     dry_run: bool,
     grace: float,
@@ -124,11 +130,18 @@ def run(
         sequential=sequential,
         max_items=max_items,
         grace=grace,
+        until_quota=until_quota,
         reporter=reporter,
         install_signal_handlers=True,
     )
     if reporter is None:
         click.echo(summary_text(result))
+    if result.interrupted:
+        # A task thread still blocked in user code must not hold the exit (interpreter
+        # shutdown joins pool threads); everything durable is already committed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(result.exit_code)
     return result.exit_code
 
 
@@ -177,14 +190,94 @@ def status(jobfile: Path, store: Path | None, as_json: bool) -> int:
     if data["duplicates"]:
         click.echo(f"  duplicate ids in the source: {data['duplicates']:,}")
     for key in data["keys"]:
-        click.echo(
-            f"  key {key['key']}: {key['requests']:,} requests · {key['tokens']:,} tokens"
-            f" · {key['rate_limited']:,}×429 · {key['state']}"
-        )
+        click.echo(f"  key {key_line(key)}")
     if data["recent_failures"]:
         click.echo("  recent failures:")
         for f in data["recent_failures"]:
             click.echo(f"    {f['id']} (attempts {f['attempts']}): {f['error'][:200]}")
+    return 0
+
+
+@cli.command()
+@_jobfile
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON.")
+def keys(jobfile: Path, store: Path | None, as_json: bool) -> int:
+    """One line per key (masked): limits, use, today's quota, 429s, state."""
+    job = load_job(jobfile)
+    if job.keys is None:
+        raise click.UsageError(f"job {job.name!r} has no keys (Job(keys=KeyPool(...)))")
+    data = job_status(job, job.store_path(store))["keys"]
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return 0
+    for key in data:
+        limits = ", ".join(key.get("limits") or []) or "no limits configured"
+        click.echo(f"{key_line(key)}  [{limits}]")
+    return 0
+
+
+@cli.command()
+@_jobfile
+@_store_option
+@click.option(
+    "--requests-per-item",
+    type=click.FloatRange(min=0.001),
+    default=None,
+    help="Requests one item takes (default: measured from done items, else 1).",
+)
+def plan(jobfile: Path, store: Path | None, requests_per_item: float | None) -> int:
+    """How long and how much: the pool's capacity, what is pending, when it will finish."""
+    import math
+    import time
+
+    from .limits import next_day_start, zone
+    from .plan import make_plan
+
+    job = load_job(jobfile)
+    if job.keys is None:
+        raise click.UsageError(f"job {job.name!r} has no keys (Job(keys=KeyPool(...)))")
+    path = job.store_path(store)
+    status = job_status(job, path)
+    pending = status["pending"] + status["running"]
+    if not status.get("source_done"):
+        pending = dry_run(job, path).new + status["pending"] + status["running"]
+    used = sum(k["requests"] for k in status["keys"])
+    finished = status["done"] + status["failed"]
+    rpi = requests_per_item or (used / finished if finished and used else 1.0)
+    today = sum(
+        d["used"] for k in status["keys"] for d in k.get("today") or [] if d["unit"] == "requests"
+    )
+    now = time.time()
+    until_reset = next_day_start(now, zone(job.keys.day_resets)) - now
+    p = make_plan(job.keys, pending, rpi, today, until_reset)
+    cap = p.capacity
+
+    def num(x: float) -> str:
+        return "unlimited" if math.isinf(x) else f"{x:,.0f}"
+
+    click.echo(
+        f"plan for job {job.name!r}: {len(job.keys.keys)} key(s), {cap.groups} quota group(s)"
+    )
+    limits = ", ".join(lim.describe() for lim in job.keys.limits) or "none configured"
+    click.echo(f"  limits per key:     {limits}")
+    click.echo(
+        f"  pool capacity:      {num(cap.per_minute)} requests/minute, "
+        f"{num(cap.per_day)} requests/day"
+    )
+    click.echo(f"  requests per item:  {rpi:.2f}")
+    click.echo(
+        f"  items:              {num(p.items_per_minute)}/minute, "
+        f"{num(p.items_per_day)}/day at full speed"
+    )
+    click.echo(f"  pending:            {pending:,} items")
+    if not math.isinf(cap.per_day):
+        click.echo(f"  left today:         {num(p.today_left)} requests")
+    if p.seconds is None:
+        click.echo("  finish:             no limits to plan on (set rpm=, rpd= or limits=)")
+    else:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(now + p.seconds))
+        click.echo(f"  finish:             in about {format_duration(p.seconds)} ({when})")
     return 0
 
 

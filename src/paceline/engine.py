@@ -19,8 +19,11 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import itertools
+import math
 import os
 import random
+import sqlite3
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -34,11 +37,13 @@ import httpx
 from .client import PoolClient
 from .clock import Clock
 from .context import Context
+from .errors import ConfigError
 from .item import Item, Status
 from .keys import NoUsableKey
+from .limiter import QuotaWait, Stopping
 from .retry import classify
-from .sources import IterableSource, Record
-from .store import KeyUsage, Outcome, SQLiteStore
+from .sources import IterableSource, Position, Record
+from .store import IngestResult, KeyUsage, Outcome, SQLiteStore
 
 if TYPE_CHECKING:
     from .job import Job
@@ -48,6 +53,9 @@ __all__ = ["Engine", "RunResult", "Snapshot"]
 T = TypeVar("T")
 
 INGEST_CHUNK = 2_000
+AUTO_START = 8
+FIXED_DEFAULT = 16  # workers when there is no key pool to size them by
+AUTOSCALE_EVERY = 0.5
 HEARTBEAT_EVERY = 1.0
 STALE_AFTER = 15.0
 
@@ -75,6 +83,10 @@ class Snapshot:
     keys: list[dict[str, Any]]
     duplicates: int
     stopping: str | None
+    notes: list[str] = field(default_factory=list)
+    notes_total: int = 0
+    quota_until: float | None = None
+    workers: int = 0
 
 
 @dataclass(slots=True)
@@ -89,7 +101,9 @@ class RunResult:
     exit_code: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.interrupted:
+        if self.stop_reason == "no usable key":
+            self.exit_code = 2
+        elif self.interrupted:
             self.exit_code = 130
         elif self.snapshot.failed:
             self.exit_code = 1
@@ -118,6 +132,7 @@ class _Rates:
         rate_avg = count / elapsed if elapsed > 0 else 0.0
         if now - self.start >= 1.0:
             self.peak = max(self.peak, rate_now)
+        self.peak = max(self.peak, rate_avg)
         return rate_now, rate_avg, self.peak
 
 
@@ -129,22 +144,26 @@ class Engine:
         job: Job,
         store_path: Path,
         *,
-        concurrency: int,
+        concurrency: int | None,
         max_items: int | None,
         grace: float,
         clock: Clock,
+        until_quota: bool = False,
         flush_size: int = 1_000,
         flush_interval: float = 0.2,
     ) -> None:
         if job.task_fn is None:
-            from .errors import ConfigError
-
             raise ConfigError(f"job {job.name!r} has no task: decorate a function with @job.task")
         self.job = job
         self.store_path = store_path
-        self.concurrency = max(1, concurrency)
+        # None: automatic. Workers grow while the key pool's limiter admits every request
+        # at once (the keys are not yet the bound) and shrink when many wait for a slot.
+        self.auto = concurrency is None and job.keys is not None
+        self.concurrency = max(1, concurrency or (AUTO_START if self.auto else FIXED_DEFAULT))
+        self.max_concurrency = max(self.concurrency, job.max_concurrency if self.auto else 0)
         self.max_items = max_items
         self.grace = grace
+        self.until_quota = until_quota
         self.clock = clock
         self.flush_size = flush_size
         self.flush_interval = flush_interval
@@ -161,9 +180,11 @@ class Engine:
         self._flush_now = asyncio.Event()
         self._progress = asyncio.Event()
         self._hard_stop = asyncio.Event()
+        self._interrupt = asyncio.Event()
         self._stopping: str | None = None
         self._in_flight = 0
         self._taken = 0
+        self._next_promote = 0.0
         self._counts: dict[str, int] = {}
         self._source_done = False
         self._duplicates = 0
@@ -176,7 +197,15 @@ class Engine:
         self._is_async = inspect.iscoroutinefunction(job.task_fn)
         # Items kept claimed ahead of the workers: enough to never starve them, few
         # enough that a stop hands little back and a priority change shows soon.
-        self._target = max(2 * self.concurrency, min(512, 8 * self.concurrency))
+        self._set_target(self.concurrency)
+        self._workers: set[asyncio.Task[None]] = set()
+        self._retire = 0
+        self._notes: deque[str] = deque(maxlen=5)
+        self._notes_total = 0
+        self._quota_until: float | None = None
+
+    def _set_target(self, workers: int) -> None:
+        self._target = max(2 * workers, min(512, 8 * workers))
         self._low_water = self._target // 2
 
     # -- plumbing ----------------------------------------------------------------------
@@ -192,38 +221,57 @@ class Engine:
 
     def stop(self, reason: str = "interrupted") -> None:
         """Ask the run to stop: take no new items, let those in flight finish."""
-        if self._stopping is None:
+        if self._stopping in (None, "max-items"):
             self._stopping = reason
             self._progress.set()
+            self._interrupt.set()
+            # Requests still waiting for a slot have sent nothing: they give their item back.
+            if self.job.keys is not None:
+                self.job.keys.limiter.close()
         else:
             self._hard_stop.set()
+
+    def note(self, message: str) -> None:
+        """Something the user should see once (a key disabled, a limit learned)."""
+        self._notes.append(message)
+        self._notes_total += 1
 
     # -- the run -----------------------------------------------------------------------
 
     async def run(self) -> RunResult:
         job = self.job
         self._store = await self._io_call(SQLiteStore, self.store_path)
-        workers: list[asyncio.Task[None]] = []
         helpers: list[asyncio.Task[None]] = []
         sink = job.sink
         client = httpx.AsyncClient(
             timeout=job.http_timeout,
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.concurrency),
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=self.max_concurrency
+            ),
         )
+        if job.keys is not None:
+            job.keys.bind(self.clock, self.note, stop_when_out_of_quota=self.until_quota)
         try:
             await self._io_call(self._open, sink)
             if not self._is_async:
-                self._threads = ThreadPoolExecutor(self.concurrency, "paceline-task")
-            http = PoolClient(client, job.keys, self.clock)
-            workers = [asyncio.create_task(self._worker(http)) for _ in range(self.concurrency)]
+                self._threads = ThreadPoolExecutor(self.max_concurrency, "paceline-task")
+            self._http = PoolClient(client, job.keys, self.clock)
+            self._spawn(self.concurrency)
             helpers = [
                 asyncio.create_task(self._ingest()),
                 asyncio.create_task(self._flusher()),
                 asyncio.create_task(self._heartbeat()),
             ]
+            if self.auto and job.keys is not None and job.keys.limited:
+                helpers.append(asyncio.create_task(self._autoscale()))
             await self._feed()
-            await self._shut_down(workers)
+            await self._shut_down()
+        except BaseException as exc:
+            if self._fatal is None:
+                self._fatal = exc  # recorded as a failed run; raised again below
+            raise
         finally:
+            workers = list(self._workers)
             for task in [*workers, *helpers]:
                 task.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
@@ -237,7 +285,7 @@ class Engine:
                 self._io.shutdown(wait=True)
         if self._fatal is not None:
             raise self._fatal
-        interrupted = self._stopping is not None and self._stopping != "max-items"
+        interrupted = self._stopping not in (None, "max-items", "quota")
         return RunResult(
             self.snapshot(), interrupted, self._stopping, self.store_path, sink.describe()
         )
@@ -247,10 +295,23 @@ class Engine:
         store.bind_job(self.job.name)
         store.acquire_run(self.run_id, self.clock.time(), STALE_AFTER)
         store.recover()
-        store.set_sink_state(sink.open(store.sink_state()))
+        try:
+            store.set_sink_state(sink.open(store.sink_state()))
+        except OSError as exc:
+            raise ConfigError(f"cannot open {sink.describe()}: {exc.strerror or exc}") from None
         self._counts = store.counts()
+        if self.job.keys is not None:
+            # Today's spent quota survives restarts: start each daily meter from it.
+            now = self.clock.time()
+            for key, group in self.job.keys.groups():
+                for meter in group.day:
+                    meter.used(now)  # rolls the window to today
+                    spent = store.day_usage(key.fingerprint, meter.window_start)
+                    meter.restore(spent.get(meter.limit.unit, 0.0), now)
         self._duplicates = store.duplicates(0)[0]
-        self._source_done = store.source_position()[1]
+        # A file may have grown since it was read to its end: only an iterable that was
+        # read to its end is known to be done before reading it again.
+        self._source_done = False
 
     def _close(self, sink: Any) -> None:
         if self._store is None:
@@ -278,6 +339,12 @@ class Engine:
                 continue
             if self.max_items is not None:
                 room = min(room, self.max_items - self._taken)
+            now = self.clock.time()
+            if now >= self._next_promote:
+                # Due retries rejoin the line now, not only once the backlog is empty.
+                self._next_promote = now + 1.0
+                promoted = await self._io_call(self.store.promote_due, now)
+                self._move("retry", "pending", promoted)
             items = await self._io_call(self.store.claim, room, self.run_id)
             if items:
                 self._taken += len(items)
@@ -288,8 +355,9 @@ class Engine:
             if not self._source_done:
                 await self._wait_progress(0.2)
                 continue
-            if await self._io_call(self.store.promote_due, self.clock.time()):
-                self._counts = await self._io_call(self.store.counts)
+            promoted = await self._io_call(self.store.promote_due, self.clock.time())
+            if promoted:
+                self._move("retry", "pending", promoted)
                 continue
             if self._in_flight or self._queue.qsize() or self._results:
                 await self._wait_progress(0.5)
@@ -316,32 +384,37 @@ class Engine:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _shut_down(self, workers: list[asyncio.Task[None]]) -> None:
-        if self._stopping not in (None, "max-items"):
-            # Items claimed but not started go back to the store untouched (on close).
-            while not self._queue.empty():
-                self._queue.get_nowait()
-        for _ in workers:
-            self._queue.put_nowait(None)
-        if self._stopping in (None, "max-items"):
-            await asyncio.gather(*workers)
-            return
-        # A graceful stop lets the attempts in flight finish, up to the grace period; a
-        # second signal (or a fatal error) ends the wait at once.
+    async def _shut_down(self) -> None:
+        """Let the workers end: after the queue when the work is done (or --max-items);
+        after their attempt in flight, within the grace period, on a stop; at once on a
+        second signal or a fatal error."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.grace
         hard = asyncio.create_task(self._hard_stop.wait())
-        remaining: set[asyncio.Task[Any]] = set(workers)
+        interrupt = asyncio.create_task(self._interrupt.wait())
+        remaining: set[asyncio.Task[Any]] = set(self._workers)
+        deadline: float | None = None
+        for _ in remaining:
+            self._queue.put_nowait(None)
         try:
-            while remaining and not hard.done() and loop.time() < deadline:
+            while remaining and not hard.done():
+                if deadline is None and self._stopping not in (None, "max-items"):
+                    # Items claimed but not started go back to the store (on close).
+                    while not self._queue.empty():
+                        self._queue.get_nowait()
+                    for _ in remaining:
+                        self._queue.put_nowait(None)
+                    deadline = loop.time() + self.grace
+                timeout = None if deadline is None else deadline - loop.time()
+                if timeout is not None and timeout <= 0:
+                    break
                 done, _ = await asyncio.wait(
-                    [*remaining, hard],
-                    timeout=deadline - loop.time(),
+                    [*remaining, hard, interrupt], timeout=timeout,
                     return_when=asyncio.FIRST_COMPLETED,
-                )
+                )  # fmt: skip
                 remaining -= done
         finally:
             hard.cancel()
+            interrupt.cancel()
 
     # -- workers -----------------------------------------------------------------------
 
@@ -359,12 +432,45 @@ class Engine:
             finally:
                 self._in_flight -= 1
             if result is None:
-                return
+                return  # the item stays claimed and is handed back when the run closes
             self._results.append(result)
             if len(self._results) >= self.flush_size:
                 self._flush_now.set()
             if not self._in_flight:
                 self._progress.set()
+            if self._retire > 0:
+                self._retire -= 1
+                return
+
+    def _spawn(self, n: int) -> None:
+        for _ in range(n):
+            task = asyncio.create_task(self._worker(self._http))
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
+        self._set_target(len(self._workers) - self._retire)
+
+    async def _autoscale(self) -> None:
+        """Grow workers until the keys are the bound (Little's law finds itself)."""
+        assert self.job.keys is not None
+        limiter = self.job.keys.limiter
+        crowded = 0
+        while self._stopping is None:
+            await asyncio.sleep(AUTOSCALE_EVERY)
+            workers = len(self._workers) - self._retire
+            if limiter.waiting == 0 and self._in_flight >= 0.9 * workers and self._queue.qsize():
+                # Every request was admitted at once and every worker is busy: the keys
+                # have room the workers cannot fill. Grow by half.
+                self._spawn(min(max(2, workers // 2), self.max_concurrency - workers))
+                crowded = 0
+            elif limiter.waiting > max(4, workers // 2):
+                crowded += 1
+                if crowded >= 8 and workers > AUTO_START:
+                    # Many workers only wait for slots: hand some items back to the queue.
+                    self._retire += max(1, workers // 10)
+                    self._set_target(workers - workers // 10)
+                    crowded = 0
+            else:
+                crowded = 0
 
     async def _attempt(
         self, item: Item, http: PoolClient
@@ -385,13 +491,19 @@ class Engine:
                 result = await loop.run_in_executor(self._threads, sync_fn, item, ctx)
         except asyncio.CancelledError:
             raise
+        except Stopping:
+            return None  # the run is stopping: nothing was sent for this attempt
+        except QuotaWait as exc:
+            self._quota_until = exc.until
+            self.stop("quota")
+            return None
         except NoUsableKey as exc:
-            self._fatal_stop(exc)
+            self._stop_for_keys(str(exc))
             return None
         except Exception as exc:
             now = self.clock.time()
-            failure = classify(exc, now, job.retry_on)
-            message = self.redact(failure.message)
+            failure = classify(exc, now, job.retry_on, self.redact)
+            message = failure.message
             if failure.retryable and attempts <= job.retries:
                 delay = failure.retry_after
                 if delay is None:
@@ -408,52 +520,62 @@ class Engine:
         row["id"] = item.id
         return Outcome(item.seq, Status.DONE, attempts), row
 
+    def _stop_for_keys(self, reason: str) -> None:
+        self.note(reason)
+        self._stopping = self._stopping or "no usable key"
+        self._hard_stop.set()
+        self._progress.set()
+
     def _fatal_stop(self, exc: BaseException) -> None:
         if self._fatal is None:
             self._fatal = exc
-        self._stopping = self._stopping or "no usable key"
+        self._stopping = self._stopping or "error"
         self._hard_stop.set()
         self._progress.set()
 
     # -- ingest, flush, heartbeat ------------------------------------------------------
 
     async def _ingest(self) -> None:
-        """Read the source into the store in chunks, committing the position with each."""
+        """Read the source into the store in chunks, committing the position with each.
+
+        Reading runs on its own thread (a slow source must not hold up claims, commits or
+        the heartbeat); inserting runs on the store thread.
+        """
         position, exhausted = await self._io_call(self.store.source_position)
         if exhausted and isinstance(self.job.source, IterableSource):
+            self._source_done = True
             return  # an iterable may not be readable twice; it was read to its end
+        loop = asyncio.get_running_loop()
+        reader = ThreadPoolExecutor(1, thread_name_prefix="paceline-source")
         try:
             records = self.job.source.read(position)
             while self._stopping is None:
-                done = await self._io_call(self._ingest_chunk, records)
+                chunk = await loop.run_in_executor(reader, _read_chunk, records)
+                exhausted = len(chunk) < INGEST_CHUNK
+                after = chunk[-1].after if chunk else None
+                result = await self._io_call(self._store_chunk, chunk, after, exhausted)
+                self._counts["pending"] = self._counts.get("pending", 0) + result.inserted
+                self._counts["failed"] = self._counts.get("failed", 0) + result.invalid
+                self._duplicates += result.duplicates
+                for record in chunk:
+                    if record.error is not None:
+                        self._errors.append((f"line {record.line}", record.error))
                 self._progress.set()
-                if done:
+                if exhausted:
                     self._source_done = True
                     return
         except Exception as exc:
             self._fatal_stop(exc)
+        finally:
+            reader.shutdown(wait=False, cancel_futures=True)
 
-    def _ingest_chunk(self, records: Iterator[Record]) -> bool:
-        chunk: list[Record] = []
-        for record in records:
-            chunk.append(record)
-            if len(chunk) >= INGEST_CHUNK:
-                break
-        exhausted = len(chunk) < INGEST_CHUNK
-        if not chunk:
-            if exhausted:
-                store = self.store
-                position, _ = store.source_position()
-                store.ingest([], position, True, self.clock.time())
-            return exhausted
-        result = self.store.ingest(chunk, chunk[-1].after, exhausted, self.clock.time())
-        self._counts["pending"] = self._counts.get("pending", 0) + result.inserted
-        self._counts["failed"] = self._counts.get("failed", 0) + result.invalid
-        self._duplicates += result.duplicates
-        for record in chunk:
-            if record.error is not None:
-                self._errors.append((f"line {record.line}", record.error))
-        return exhausted
+    def _store_chunk(
+        self, chunk: list[Record], after: Position | None, exhausted: bool
+    ) -> IngestResult:
+        store = self.store
+        if after is None:
+            after = store.source_position()[0]
+        return store.ingest(chunk, after, exhausted, self.clock.time())
 
     async def _flusher(self) -> None:
         while True:
@@ -475,9 +597,9 @@ class Engine:
             if not self._results:
                 return
             batch, self._results = self._results, []
-            keys = self._key_usage()
-            await self._io_call(self._commit, batch, keys)
-            for outcome, _ in batch:
+            keys, days = self._key_usage()
+            outcomes = await self._io_call(self._commit, batch, keys, days)
+            for outcome in outcomes:
                 status = outcome.status.value
                 self._move("running", status, 1)
                 if outcome.status is Status.DONE:
@@ -491,11 +613,46 @@ class Engine:
             self._progress.set()
 
     def _commit(
-        self, batch: list[tuple[Outcome, dict[str, Any] | None]], keys: list[KeyUsage]
-    ) -> None:
+        self,
+        batch: list[tuple[Outcome, dict[str, Any] | None]],
+        keys: list[KeyUsage],
+        days: list[tuple[str, float, str, float]],
+    ) -> list[Outcome]:
+        """Sink first, then the statuses; returns the outcomes as committed."""
+        outcomes = [o for o, _ in batch]
         rows = [row for _, row in batch if row is not None]
-        state = self.job.sink.write(rows) if rows else None
-        self.store.complete([o for o, _ in batch], self.clock.time(), sink_state=state, keys=keys)
+        state = None
+        if rows:
+            try:
+                state = self.job.sink.write(rows)
+            except Exception as exc:
+                if _sink_level(exc):
+                    raise
+                state, outcomes = self._write_rows_alone(batch)
+        self.store.complete(
+            outcomes, self.clock.time(), sink_state=state, keys=keys, days=days,
+            lease=self.run_id,
+        )  # fmt: skip
+        return outcomes
+
+    def _write_rows_alone(
+        self, batch: list[tuple[Outcome, dict[str, Any] | None]]
+    ) -> tuple[str | None, list[Outcome]]:
+        """A row the sink cannot take fails its item; the rest of the batch goes in."""
+        state, outcomes = None, []
+        for outcome, row in batch:
+            if row is not None:
+                try:
+                    state = self.job.sink.write([row]) or state
+                except Exception as exc:
+                    if _sink_level(exc):
+                        raise
+                    message = self.redact(f"the sink refused the result: {_describe(exc)}")
+                    outcome = Outcome(
+                        outcome.seq, Status.FAILED, outcome.attempts, message, None, outcome.item_id
+                    )
+            outcomes.append(outcome)
+        return state, outcomes
 
     async def _final_flush(self) -> None:
         if self._store is None:
@@ -506,14 +663,29 @@ class Engine:
             if self._fatal is None:
                 self._fatal = exc
 
-    def _key_usage(self) -> list[KeyUsage]:
+    def _key_usage(self) -> tuple[list[KeyUsage], list[tuple[str, float, str, float]]]:
+        """Per key, what changed since the last commit; per group, today's spent quota."""
         pool = self.job.keys
         if pool is None:
-            return []
-        return [
-            KeyUsage(k.fingerprint, k.masked, r, t, rl, e, k.state)
-            for k, r, t, rl, e in pool.usage_since_last()
+            return [], []
+        now = self.clock.time()
+        shown = {row["key"]: row for row in pool.describe(now)}
+        usage = []
+        for k, r, t, rl, e in pool.usage_since_last():
+            row = shown[k.masked]
+            info = {"limits": row["limits"], "today": row["today"]}
+            until = k.until if k.state in ("cooling", "parked") else None
+            if until is not None and math.isinf(until):
+                until = None
+            usage.append(
+                KeyUsage(k.fingerprint, k.masked, r, t, rl, e, k.state, until, k.reason, info)
+            )
+        days = [
+            (key.fingerprint, meter.window_start, str(meter.limit.unit), meter.used(now))
+            for key, group in pool.groups()
+            for meter in group.day
         ]
+        return usage, days
 
     async def _heartbeat(self) -> None:
         while True:
@@ -542,6 +714,8 @@ class Engine:
             "eta_seconds": None if snap.eta is None else round(snap.eta, 1),
             "elapsed": round(snap.elapsed, 1),
             "stopping": snap.stopping,
+            "workers": snap.workers,
+            "quota_until": snap.quota_until,
         }
 
     def snapshot(self) -> Snapshot:
@@ -558,18 +732,7 @@ class Engine:
         eta = remaining / rate if rate > 0 and self._source_done else None
         if remaining == 0 and self._source_done:
             eta = 0.0
-        keys = []
-        if self.job.keys is not None:
-            keys = [
-                {
-                    "key": k.masked,
-                    "requests": k.requests,
-                    "tokens": k.tokens,
-                    "rate_limited": k.rate_limited,
-                    "state": k.state,
-                }
-                for k in self.job.keys.keys
-            ]
+        keys = [] if self.job.keys is None else self.job.keys.describe(self.clock.time())
         return Snapshot(
             job=self.job.name,
             total=done + failed + pending + running,
@@ -590,4 +753,28 @@ class Engine:
             keys=keys,
             duplicates=self._duplicates,
             stopping=self._stopping,
+            notes=list(self._notes),
+            notes_total=self._notes_total,
+            quota_until=self._quota_until
+            or (self.job.keys.limiter.quota_wait(self.clock.time()) if self.job.keys else None),
+            workers=len(self._workers) - self._retire,
         )
+
+
+def _read_chunk(records: Iterator[Record]) -> list[Record]:
+    return list(itertools.islice(records, INGEST_CHUNK))
+
+
+def _sink_level(exc: BaseException) -> bool:
+    """Whether a sink error is about the sink (disk, lock) rather than one row's values."""
+    if isinstance(exc, OSError):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return any(w in text for w in ("locked", "busy", "disk", "unable to open", "readonly"))
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().replace("\n", " ")
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__

@@ -30,11 +30,10 @@ if TYPE_CHECKING:
     from .engine import RunResult
     from .report import Reporter
 
-__all__ = ["DEFAULT_CONCURRENCY", "Job", "TaskFn"]
+__all__ = ["Job", "TaskFn"]
 
 TaskFn = Callable[[Item, Context], Awaitable[dict[str, Any] | None] | dict[str, Any] | None]
 
-DEFAULT_CONCURRENCY = 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -43,7 +42,9 @@ class Job:
 
     ``retries`` is how many times a retryable failure is tried again (so ``retries + 1``
     attempts at most); ``retry_on`` lists exception types of your own that are retryable;
-    ``timeout`` bounds one attempt of an ``async`` task, in seconds.
+    ``timeout`` bounds one attempt of an ``async`` task, in seconds. ``concurrency``
+    (items in flight) is automatic when the job has keys: it grows until the keys' limits
+    are the bound, up to ``max_concurrency``; without keys it is 16.
     """
 
     def __init__(
@@ -54,7 +55,8 @@ class Job:
         sink: Any = None,
         keys: KeyPool | None = None,
         retries: int = 5,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int | None = None,
+        max_concurrency: int = 512,
         timeout: float | None = None,
         http_timeout: float = 60.0,
         backoff: Backoff | None = None,
@@ -66,8 +68,10 @@ class Job:
             )
         if retries < 0:
             raise ConfigError("retries must be 0 or more")
-        if concurrency < 1:
+        if concurrency is not None and concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
+        if max_concurrency < 1:
+            raise ConfigError("max_concurrency must be at least 1")
         if keys is not None and not isinstance(keys, KeyPool):
             raise ConfigError("keys must be a paceline.KeyPool")
         self.name = name
@@ -76,6 +80,7 @@ class Job:
         self.keys = keys
         self.retries = retries
         self.concurrency = concurrency
+        self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.http_timeout = http_timeout
         self.backoff = backoff or Backoff()
@@ -105,6 +110,7 @@ class Job:
         sequential: bool = False,
         max_items: int | None = None,
         grace: float = 30.0,
+        until_quota: bool = False,
         reporter: Reporter | None = None,
         clock: Clock = SYSTEM_CLOCK,
         install_signal_handlers: bool = False,
@@ -114,7 +120,7 @@ class Job:
         from .report import run_with_reporter
 
         workers = 1 if sequential else (concurrency or self.concurrency)
-        if workers < 1:
+        if workers is not None and workers < 1:
             raise ConfigError("concurrency must be at least 1")
         if max_items is not None and max_items < 0:
             raise ConfigError("max-items must be 0 or more")
@@ -125,6 +131,7 @@ class Job:
             max_items=max_items,
             grace=grace,
             clock=clock,
+            until_quota=until_quota,
         )
         return await run_with_reporter(engine, reporter, install_signal_handlers)
 

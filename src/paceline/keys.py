@@ -1,38 +1,34 @@
 """API keys: loaded from the environment, shown masked, stored by fingerprint.
 
-A :class:`KeyPool` holds the keys a job may use and says how each travels (a bearer token,
-GitHub's ``token`` scheme, a named header, a query parameter). It hands a key to each
-request through :meth:`KeyPool.acquire`, the seam where the limiter decides *which* key may
-send *when*; here a key that answered 429 cools down for the time the answer asked, and a
-key the provider rejected (401) is disabled for the run.
+A :class:`KeyPool` holds the keys a job may use, their limits, and how each travels (a
+bearer token, GitHub's ``token`` scheme, a named header, a query parameter). Requests get
+a key and a slot from the pool's :class:`~paceline.limiter.Limiter`.
 
->>> pool = KeyPool(["sk-live-0123456789abcdef"])
+>>> pool = KeyPool(["sk-live-0123456789abcdef"], rpm=500, tpm=200_000)
 >>> pool.keys[0].masked
 '…cdef'
 """
 
 from __future__ import annotations
 
+import copy
+import datetime as dt
 import hashlib
+import math
 import os
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import ConfigError
+from .feedback import Feedback
+from .limiter import Group, Lease, Limiter
+from .limits import Cost, Limit, parse_limit, zone
 
 __all__ = ["Cost", "Key", "KeyPool", "NoUsableKey"]
-
-
-@dataclass(frozen=True, slots=True)
-class Cost:
-    """What one request is expected to use: requests and tokens."""
-
-    requests: int = 1
-    tokens: int = 0
 
 
 class NoUsableKey(ConfigError):
@@ -40,32 +36,44 @@ class NoUsableKey(ConfigError):
 
 
 class Key:
-    """One API key. ``repr`` and ``str`` never show the secret."""
+    """One API key. ``repr`` and ``str`` never show the secret.
+
+    ``state`` is ``ready``, ``cooling`` (after a 429, until ``until``), ``parked`` (its
+    quota is spent until ``until``) or ``disabled`` (rejected by the provider).
+    """
 
     __slots__ = (
         "_secret",
-        "cooling_until",
+        "auth",
+        "consecutive_429",
         "errors",
         "fingerprint",
+        "group",
         "masked",
         "rate_limited",
+        "reason",
         "requests",
         "state",
         "tokens",
+        "until",
     )
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, *, auth: str = "bearer", group: Group | None = None) -> None:
         self._secret = secret
         self.fingerprint = hashlib.sha256(secret.encode()).hexdigest()[:16]
         # Long keys show their last four characters, as providers' dashboards do; a short
         # key would be half given away by that, so it shows a piece of its fingerprint.
         self.masked = "…" + (secret[-4:] if len(secret) >= 16 else self.fingerprint[:4])
+        self.auth = auth
+        self.group = group if group is not None else Group((), dt.UTC)
         self.requests = 0
         self.tokens = 0
         self.rate_limited = 0
         self.errors = 0
+        self.consecutive_429 = 0
         self.state = "ready"
-        self.cooling_until = 0.0
+        self.until = 0.0
+        self.reason: str | None = None
 
     @property
     def secret(self) -> str:
@@ -76,19 +84,52 @@ class Key:
 
     __str__ = __repr__
 
+    def describe_state(self, now: float) -> str:
+        """``ready``, ``cooling until 14:03:07``, ``parked until …``, ``disabled``."""
+        if self.state in ("cooling", "parked"):
+            if self.until <= now:
+                return "ready"
+            if math.isinf(self.until):
+                return f"{self.state} for this run"
+            when = dt.datetime.fromtimestamp(self.until).strftime(
+                "%H:%M:%S" if self.until - now < 86400 else "%Y-%m-%d %H:%M"
+            )
+            return f"{self.state} until {when}"
+        return self.state
+
 
 _AUTH = re.compile(r"^(bearer|token|header:[A-Za-z0-9-]+|query:[A-Za-z0-9_.-]+)$")
 
 
 class KeyPool:
-    """The keys a job may use, and how each travels.
+    """The keys a job may use, their limits, and how each travels.
 
     ``auth`` is ``"bearer"`` (``Authorization: Bearer KEY``, the default), ``"token"``
     (GitHub's ``Authorization: token KEY``), ``"header:NAME"`` or ``"query:NAME"``.
+
+    Limits are per key: shorthands ``rpm``, ``tpm``, ``rpd``, ``concurrency``, or any
+    ``limits=["15/minute", "1500/day", "5000/hour", "60/3s", "1000000 tokens/minute",
+    "8 concurrent"]``. Daily windows reset at midnight in ``day_resets`` (a time zone
+    name, UTC by default). ``shared=True`` makes the keys one group with one set of
+    meters (keys of one account sharing its quota). Pools add up: ``pool_a + pool_b``.
+
+    >>> pool = KeyPool(["k1-0123456789abcdef", "k2-0123456789abcdef"], rpm=15, rpd=1500,
+    ...                day_resets="America/Los_Angeles")
     """
 
     def __init__(
-        self, keys: Iterable[str], *, auth: str = "bearer", clock: Clock = SYSTEM_CLOCK
+        self,
+        keys: Iterable[str],
+        *,
+        auth: str = "bearer",
+        rpm: int | None = None,
+        tpm: int | None = None,
+        rpd: int | None = None,
+        concurrency: int | None = None,
+        limits: Iterable[str | Limit] = (),
+        day_resets: str | None = None,
+        shared: bool = False,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         secrets = [k.strip() for k in keys if k and k.strip()]
         if not secrets:
@@ -97,11 +138,91 @@ class KeyPool:
             raise ConfigError(
                 f"KeyPool: auth {auth!r} is not one of bearer, token, header:NAME, query:NAME"
             )
-        self.keys = [Key(s) for s in dict.fromkeys(secrets)]
+        parsed = [parse_limit(x) for x in limits]
+        for count, text in (
+            (rpm, "{}/minute"),
+            (tpm, "{} tokens/minute"),
+            (rpd, "{}/day"),
+            (concurrency, "{} concurrent"),
+        ):
+            if count is not None:
+                parsed.append(parse_limit(text.format(count)))
+        self.limits = tuple(parsed)
+        self.day_resets = day_resets
+        tz = zone(day_resets)
+        shared_group = Group(self.limits, tz) if shared else None
+        self.keys = [
+            Key(s, auth=auth, group=shared_group or Group(self.limits, tz))
+            for s in dict.fromkeys(secrets)
+        ]
         self.auth = auth
-        self.clock = clock
-        self._next = 0
         self._reported: dict[str, tuple[int, int, int, int]] = {}
+        self.limiter = Limiter(self.keys, clock)
+
+    def __add__(self, other: KeyPool) -> KeyPool:
+        """A pool with the keys (and groups, limits, auth) of both."""
+        merged = copy.copy(self)
+        merged.keys = [*self.keys, *[k for k in other.keys if k not in self.keys]]
+        merged.limits = self.limits + other.limits
+        merged._reported = {}
+        merged.limiter = Limiter(merged.keys, self.limiter.clock)
+        return merged
+
+    @property
+    def clock(self) -> Clock:
+        return self.limiter.clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        self.limiter.clock = clock
+
+    def bind(
+        self, clock: Clock, on_event: Callable[[str], None], *, stop_when_out_of_quota: bool = False
+    ) -> None:
+        """Attach the pool to a run: its clock, where events go, and a fresh limiter state."""
+        limiter = self.limiter
+        limiter.clock = clock
+        limiter.on_event = on_event
+        limiter.stop_when_out_of_quota = stop_when_out_of_quota
+        limiter.reopen()
+
+    def groups(self) -> list[tuple[Key, Group]]:
+        """Each group once, with the key that names it in the store."""
+        seen: dict[int, tuple[Key, Group]] = {}
+        for key in self.keys:
+            seen.setdefault(id(key.group), (key, key.group))
+        return list(seen.values())
+
+    def describe(self, now: float) -> list[dict[str, Any]]:
+        """One dict per key: what the dashboard, ``keys`` and ``status --json`` show."""
+        rows = []
+        for key in self.keys:
+            group = key.group
+            today = [
+                {"unit": m.limit.unit, "used": round(m.used(now)), "limit": m.limit.count}
+                for m in group.day
+            ]
+            rows.append(
+                {
+                    "key": key.masked,
+                    "requests": key.requests,
+                    "tokens": key.tokens,
+                    "rate_limited": key.rate_limited,
+                    "errors": key.errors,
+                    "state": key.describe_state(now),
+                    "until": key.until if key.state in ("cooling", "parked") else None,
+                    "reason": key.reason,
+                    "limits": [m.limit.describe() for m in group.meters()]
+                    + ([group.concurrency.limit.describe()] if group.concurrency else []),
+                    "today": today,
+                }
+            )
+        return rows
+
+    @property
+    def limited(self) -> bool:
+        """Whether any key has a limit (configured or learned)."""
+        return any(k.group.limited for k in self.keys)
 
     @classmethod
     def from_env(
@@ -110,11 +231,12 @@ class KeyPool:
         *,
         env_file: str | os.PathLike[str] | None = ".env",
         environ: Mapping[str, str] | None = None,
-        auth: str = "bearer",
+        **options: Any,
     ) -> KeyPool:
         """Keys from ``PREFIX1``, ``PREFIX_2``, … or one comma-separated ``PREFIX``.
 
-        Variables in the process environment win over those in ``env_file``.
+        Variables in the process environment win over those in ``env_file``; ``options``
+        are those of :class:`KeyPool` (``auth``, ``rpm``, ``limits``, …).
         """
         env: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
@@ -137,48 +259,28 @@ class KeyPool:
                 f"no keys found: set {shown}_1, {shown}_2, … or {shown}=key1,key2 "
                 "in the environment or a .env file"
             )
-        return cls(secrets, auth=auth)
+        return cls(secrets, **options)
 
     # -- choosing a key ----------------------------------------------------------------
 
     def usable(self) -> list[Key]:
         return [k for k in self.keys if k.state != "disabled"]
 
-    async def acquire(self, cost: Cost | None = None) -> Key:
-        """The key the next request should use (round robin over keys not cooling)."""
-        while True:
-            usable = self.usable()
-            if not usable:
-                raise NoUsableKey("no usable key left: every key was rejected by the provider")
-            now = self.clock.time()
-            for _ in range(len(self.keys)):
-                key = self.keys[self._next % len(self.keys)]
-                self._next += 1
-                if key.state != "disabled" and key.cooling_until <= now:
-                    if key.state == "cooling":
-                        key.state = "ready"
-                    key.requests += 1
-                    key.tokens += cost.tokens if cost else 0
-                    return key
-            await self.clock.sleep(min(k.cooling_until for k in usable) - now)
+    async def acquire(self, cost: Cost | None = None) -> Lease:
+        """A key and a slot for one request of ``cost`` (see :class:`Limiter`)."""
+        return await self.limiter.acquire(cost or Cost())
 
-    def record(self, key: Key, status: int, retry_after: float | None) -> None:
-        """Learn from an answer: a 429 cools the key, a 401 disables it."""
-        if status == 429:
-            key.rate_limited += 1
-            key.state = "cooling"
-            key.cooling_until = self.clock.time() + (1.0 if retry_after is None else retry_after)
-        elif status == 401:
-            key.errors += 1
-            key.state = "disabled"
-        elif status >= 500:
-            key.errors += 1
+    def settle(self, lease: Lease, feedback: Feedback) -> None:
+        self.limiter.settle(lease, feedback)
+
+    def release(self, lease: Lease) -> None:
+        self.limiter.release(lease)
 
     # -- sending -----------------------------------------------------------------------
 
     def headers_and_params(self, key: Key) -> tuple[dict[str, str], dict[str, str]]:
         """What to add to a request so it carries ``key``."""
-        kind, _, name = self.auth.partition(":")
+        kind, _, name = key.auth.partition(":")
         if kind == "bearer":
             return {"Authorization": f"Bearer {key.secret}"}, {}
         if kind == "token":

@@ -11,7 +11,7 @@ import contextlib
 import signal
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -58,11 +58,36 @@ def _rate(value: float) -> str:
     return f"{value:,.1f}/s" if value < 100 else f"{value:,.0f}/s"
 
 
+def _clock_time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def key_line(key: dict[str, Any]) -> str:
+    """One key on one line: ``…a1b2: 1,204 requests · 3×429 · today 204/1,500 · ready``."""
+    parts = [f"{key['key']}: {key['requests']:,} requests"]
+    if key.get("tokens"):
+        parts.append(f"{key['tokens']:,} tokens")
+    parts.append(f"{key['rate_limited']:,}×429")
+    for day in key.get("today") or []:
+        unit = "" if day["unit"] == "requests" else f" {day['unit']}"
+        parts.append(f"today {day['used']:,}/{day['limit']:,}{unit}")
+    parts.append(str(key["state"]))
+    if key.get("reason") and key["state"] != "ready":
+        parts.append(str(key["reason"]))
+    return " · ".join(parts)
+
+
 def summary_text(result: RunResult) -> str:
     """The final summary, printed after every run."""
     s = result.snapshot
     if result.stop_reason == "max-items":
         head = f"stopped after --max-items ({s.done_this_run + s.failed_this_run} items)"
+    elif result.stop_reason == "quota":
+        head = "stopped: every key is out of quota" + (
+            f" until {_clock_time(s.quota_until)}" if s.quota_until else ""
+        )
+    elif result.stop_reason == "no usable key":
+        head = "stopped: no usable key left"
     elif result.interrupted:
         head = f"stopped ({result.stop_reason})"
     elif s.failed:
@@ -79,10 +104,9 @@ def summary_text(result: RunResult) -> str:
     if s.duplicates:
         lines.append(f"  duplicate ids in the source (skipped): {s.duplicates:,}")
     for key in s.keys:
-        lines.append(
-            f"  key {key['key']}: {key['requests']:,} requests, {key['rate_limited']:,}×429,"
-            f" {key['state']}"
-        )
+        lines.append(f"  key {key_line(key)}")
+    for note in s.notes:
+        lines.append(f"  note: {note}")
     lines.append(f"  results: {result.sink}")
     lines.append(f"  store:   {result.store}")
     if s.failed:
@@ -127,12 +151,15 @@ class LogReporter:
     def line(self, s: Snapshot) -> str:
         pct = 100.0 * (s.done + s.failed) / s.total if s.total else 0.0
         total = f"{s.total:,}" + ("" if s.source_done else "+")
-        return (
+        text = (
             f"[paceline] {s.job}: {s.done + s.failed:,}/{total} ({pct:.1f}%) done={s.done:,}"
             f" failed={s.failed:,} pending={s.pending:,} in_flight={s.running:,}"
             f" rate={_rate(s.rate_now)} avg={_rate(s.rate_avg)}"
             f" eta={format_duration(s.eta)}"
         )
+        if s.quota_until:
+            text += f" waiting: every key is out of quota until {_clock_time(s.quota_until)}"
+        return text
 
     def _write(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -140,9 +167,14 @@ class LogReporter:
     async def follow(self, engine: Engine) -> None:
         last_time = time.monotonic()
         last_count = 0
+        notes_seen = 0
         while True:
             await asyncio.sleep(0.25)
             s = engine.snapshot()
+            fresh = s.notes_total - notes_seen
+            for note in s.notes[-fresh:] if fresh > 0 else []:
+                self._write(f"[paceline] {note}")
+            notes_seen = s.notes_total
             count = s.done_this_run + s.failed_this_run
             now = time.monotonic()
             if count // self.every_items > last_count // self.every_items or (
@@ -201,17 +233,22 @@ class LiveReporter:
         parts: list[object] = [head, bar, counts, rates]
         if s.keys:
             keys = Table(box=None, padding=(0, 2), show_edge=False)
-            for column in ("key", "requests", "tokens", "429s", "state"):
+            for column in ("key", "requests", "tokens", "today", "429s", "state"):
                 keys.add_column(column, style="dim" if column == "key" else "")
             for k in s.keys:
+                today = ", ".join(f"{d['used']:,}/{d['limit']:,}" for d in k.get("today") or [])
                 keys.add_row(
-                    k["key"],
-                    f"{k['requests']:,}",
-                    f"{k['tokens']:,}",
-                    f"{k['rate_limited']:,}",
-                    k["state"],
-                )
+                    k["key"], f"{k['requests']:,}", f"{k['tokens']:,}", today or "-",
+                    f"{k['rate_limited']:,}", str(k["state"]),
+                )  # fmt: skip
             parts.append(keys)
+        if s.quota_until:
+            parts.append(Text(
+                f"waiting: every key is out of quota until {_clock_time(s.quota_until)}",
+                "yellow",
+            ))  # fmt: skip
+        for note in s.notes[-3:]:
+            parts.append(Text(note, "yellow"))
         if s.errors:
             parts.append(Text("last errors:", "bold red"))
             for item_id, error in s.errors[-5:]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import email.utils
 import random
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,21 +86,32 @@ def _http_message(response: httpx.Response) -> str:
     except (httpx.ResponseNotRead, UnicodeDecodeError):
         body = ""
     if body:
-        text += f": {body[:300]}"
+        text += f": {body}"
     return text
 
 
 def _exception_text(exc: BaseException) -> str:
     text = str(exc).strip().replace("\n", " ")
     name = type(exc).__name__
-    text = f"{name}: {text}" if text else name
-    return text if len(text) <= 500 else text[:497] + "..."
+    return f"{name}: {text}" if text else name
 
 
 def classify(
-    exc: BaseException, now: float, retry_on: tuple[type[BaseException], ...] = ()
+    exc: BaseException,
+    now: float,
+    retry_on: tuple[type[BaseException], ...] = (),
+    redact: Callable[[str], str] | None = None,
 ) -> Failure:
-    """Read an exception raised by an attempt."""
+    """Read an exception raised by an attempt; ``redact`` hides secrets in the message
+    (before it is shortened, so no piece of a secret survives the cut)."""
+    failure = _classify(exc, now, retry_on)
+    message = failure.message if redact is None else redact(failure.message)
+    if len(message) > 500:
+        message = message[:497] + "..."
+    return Failure(failure.retryable, failure.retry_after, message)
+
+
+def _classify(exc: BaseException, now: float, retry_on: tuple[type[BaseException], ...]) -> Failure:
     if isinstance(exc, Retryable):
         return Failure(True, exc.retry_after, _exception_text(exc))
     if isinstance(exc, Permanent):

@@ -160,9 +160,15 @@ class JSONLSink:
         data = "".join(
             dumps(r, default=_json_default, ensure_ascii=False) + "\n" for r in rows
         ).encode()
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        start = f.tell()
+        try:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            # Cut back what part of the batch reached the file; the batch is written again.
+            f.truncate(start)
+            raise
         return str(f.tell())
 
     def close(self) -> None:

@@ -211,14 +211,20 @@ class IterableSource:
     ) -> None:
         self.records = records
         self.id = id
+        self._taken = 0  # records already drawn from a one-shot iterator in this process
 
     def describe(self) -> str:
         return "Python iterable"
 
     def read(self, start: Position) -> Iterator[Record]:
         records = self.records() if callable(self.records) else self.records
+        # A generator given directly: what an earlier read drew from it is gone.
+        one_shot = not callable(self.records) and iter(records) is records
+        skip = max(0, start.offset - self._taken) if one_shot else start.offset
         count = start.offset
-        for data in itertools.islice(records, start.offset, None):
+        for data in itertools.islice(records, skip, None):
+            if one_shot:
+                self._taken = count + 1
             count += 1
             after = Position(count, count)
             if not isinstance(data, Mapping):

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import StoreError
+from .limits import day_start
 from .sources import Position
-from .store import SQLiteStore
+from .store import KeyUsage, SQLiteStore
 
 if TYPE_CHECKING:
     from .job import Job
@@ -35,13 +38,15 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
         "running": 0,
         "retrying": 0,
         "duplicates": 0,
+        "source_done": False,
         "keys": [],
         "run": None,
         "recent_failures": [],
     }
+    now = clock.time()
     if not store_path.exists():
         if job.keys is not None:
-            status["keys"] = [_key(k.masked, 0, 0, 0, "ready") for k in job.keys.keys]
+            status["keys"] = _keys(job, [], lambda fp, start: {}, now)
         return status
     try:
         store = SQLiteStore(store_path, readonly=True)
@@ -49,9 +54,10 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
             counts = store.counts()
             live = store.live_run(clock.time())
             last = live or store.last_run()
-            keys = store.key_usage()
             duplicates, _ = store.duplicates(0)
             failures = store.recent_failures(5)
+            source_done = store.source_position()[1]
+            status["keys"] = _keys(job, store.key_usage(), store.day_usage, now)
         finally:
             store.close()
     except sqlite3.DatabaseError as exc:
@@ -65,6 +71,7 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
         running=min(in_flight, claimed),
         retrying=counts.get("retry", 0),
         duplicates=duplicates,
+        source_done=source_done,
     )
     status["pending"] = counts.get("pending", 0) + status["retrying"] + claimed - status["running"]
     status["total"] = status["done"] + status["failed"] + status["pending"] + status["running"]
@@ -77,9 +84,6 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
             "finished_at": last.finished_at,
             **{k: v for k, v in last.stats.items() if k != "pid"},
         }
-    status["keys"] = [
-        _key(k.masked, k.requests, k.tokens, k.rate_limited, k.state, errors=k.errors) for k in keys
-    ]
     status["recent_failures"] = [{"id": i, "attempts": a, "error": e} for i, a, e in failures]
     return status
 
@@ -93,16 +97,57 @@ def _state(live: bool, last: str | None) -> str:
     return "interrupted" if last in ("running", "dead") else last
 
 
-def _key(
-    masked: str, requests: int, tokens: int, rate_limited: int, state: str, errors: int = 0
+def _keys(
+    job: Job,
+    stored: list[KeyUsage],
+    day_usage: Callable[[str, float], dict[str, float]],
+    now: float,
+) -> list[dict[str, Any]]:
+    """Each key as the store last saw it; today's quota from the daily usage table."""
+    by_fp = {k.fingerprint: k for k in stored}
+    rows = []
+    pool_keys = job.keys.keys if job.keys is not None else []
+    group_fp = {id(g): k.fingerprint for k, g in (job.keys.groups() if job.keys else [])}
+    for key in pool_keys:
+        seen = by_fp.pop(key.fingerprint, None)
+        info = (seen.info if seen else None) or {}
+        today = []
+        for meter in key.group.day:
+            start = day_start(now, meter.tz)
+            used = day_usage(group_fp[id(key.group)], start).get(meter.limit.unit, 0.0)
+            today.append(
+                {"unit": meter.limit.unit, "used": round(used), "limit": meter.limit.count}
+            )
+        limits = info.get("limits") or [m.limit.describe() for m in key.group.meters()]
+        rows.append(_row(key.masked, seen, limits, today, now))
+    for seen in by_fp.values():  # keys used before but no longer in the pool
+        rows.append(_row(seen.masked, seen, (seen.info or {}).get("limits", []), [], now))
+    return rows
+
+
+def _row(
+    masked: str, seen: KeyUsage | None, limits: list[str], today: list[dict[str, Any]], now: float
 ) -> dict[str, Any]:
+    state = seen.state if seen else "ready"
+    until = seen.until if seen else None
+    if state in ("cooling", "parked"):
+        if until is not None and until <= now:
+            state, until = "ready", None
+        elif until is not None:
+            state = f"{state} until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(until))}"
+        else:
+            state = f"{state} for the run"
     return {
         "key": masked,
-        "requests": requests,
-        "tokens": tokens,
-        "rate_limited": rate_limited,
-        "errors": errors,
+        "requests": seen.requests if seen else 0,
+        "tokens": seen.tokens if seen else 0,
+        "rate_limited": seen.rate_limited if seen else 0,
+        "errors": seen.errors if seen else 0,
         "state": state,
+        "until": until,
+        "reason": seen.reason if seen and state != "ready" else None,
+        "limits": limits,
+        "today": today,
     }
 
 

@@ -117,32 +117,54 @@ async def test_a_retry_due_time_is_stored_and_survives_a_restart(tmp_path: Path)
     assert rows_of(tmp_path / "out.jsonl") == {"a": {"id": "a", "attempt": 2}}
 
 
-async def test_a_429_is_retried_after_the_wait_its_answer_asked_for(
+async def test_a_429_moves_the_request_to_another_key_and_the_task_never_sees_it(
     tmp_path: Path, sim_server: SimFactory
 ) -> None:
-    sim = sim_server(latency="0", limits=KeyLimits(rpm=1))
-    clock = pl.FakeClock(start=1_800_000_000.0)
-    job = pl.Job(
-        "rl",
-        source=[{"id": "a"}, {"id": "b"}],
-        keys=pl.KeyPool(["sk-only-key-000000000000001"]),
-        retries=3,
-    )
+    # Gemini-style keys (no rate-limit headers to learn from): the first key allows one
+    # request a minute, and nobody told paceline. Its 429 cools that key alone and the
+    # request goes on at once with the other key.
+    first, second = "AIza-first-0000000000000001", "AIza-second-000000000000002"
+    sim = sim_server(latency="0", keys={first: KeyLimits(rpm=1), second: KeyLimits(rpm=100)})
+    keys = pl.KeyPool([first, second], auth="header:x-goog-api-key")
+    statuses: list[int] = []
+    job = pl.Job("rl", source=[{"id": str(n)} for n in range(4)], keys=keys, retries=0)
+
+    @job.task
+    async def work(item: pl.Item, ctx: pl.Context) -> None:
+        body = {"contents": [{"parts": [{"text": item.id}]}]}
+        url = f"{sim.url}/v1beta/models/gemini-2.0-flash:generateContent"
+        r = await ctx.http.post(url, json=body)
+        statuses.append(r.status_code)
+        r.raise_for_status()
+
+    result = await job.run_async(store=tmp_path / "s.db", sequential=True)
+    assert (result.exit_code, result.snapshot.done) == (0, 4)
+    assert statuses == [200, 200, 200, 200]
+    by_key = {k["key"]: k for k in result.snapshot.keys}
+    assert by_key["…0001"]["rate_limited"] == 1 and by_key["…0002"]["rate_limited"] == 0
+    assert by_key["…0001"]["state"].startswith("cooling until")
+    assert by_key["…0002"]["state"] == "ready"
+
+
+async def test_a_limit_announced_in_headers_is_learned_before_any_429(
+    tmp_path: Path, sim_server: SimFactory
+) -> None:
+    first, second = "sk-first-000000000000000001", "sk-second-00000000000000002"
+    sim = sim_server(latency="0", keys={first: KeyLimits(rpm=1), second: KeyLimits(rpm=100)})
+    job = pl.Job("learn", source=[{"id": str(n)} for n in range(5)],
+                 keys=pl.KeyPool([first, second]), retries=0)
 
     @job.task
     async def work(item: pl.Item, ctx: pl.Context) -> None:
         body = {"model": "m", "messages": [{"role": "user", "content": item.id}]}
-        r = await ctx.http.post(f"{sim.url}/v1/chat/completions", json=body)
-        r.raise_for_status()
+        (await ctx.http.post(f"{sim.url}/v1/chat/completions", json=body)).raise_for_status()
 
-    result = await job.run_async(store=tmp_path / "s.db", clock=clock, sequential=True, max_items=2)
-    assert result.snapshot.done == 1
-    (limited,) = [i for i in ("a", "b") if item_row(tmp_path / "s.db", i)[0] == "retry"]
-    _, attempts, due, error = item_row(tmp_path / "s.db", limited)
-    assert attempts == 1 and error is not None and error.startswith("HTTP 429")
-    # The sim's 1/min window frees a slot within a minute; the stored due time is the
-    # server's retry-after, not a blind backoff.
-    assert due is not None and 0 < due - clock.time() <= 60
+    result = await job.run_async(store=tmp_path / "s.db", sequential=True)
+    assert result.exit_code == 0
+    assert sum(k["rate_limited"] for k in result.snapshot.keys) == 0
+    by_key = {k["key"]: k for k in result.snapshot.keys}
+    assert by_key["…0001"]["limits"] == ["1/minute"] and by_key["…0001"]["requests"] == 1
+    assert "key …0001: learned limit 1/minute" in result.snapshot.notes
 
 
 async def test_transient_5xx_and_hangs_are_retried_until_done(
@@ -236,8 +258,10 @@ async def test_when_every_key_is_rejected_the_run_stops_and_says_why(
         r = await ctx.http.post(f"{sim.url}/v1/chat/completions", json={})
         r.raise_for_status()
 
-    with pytest.raises(pl.NoUsableKey, match="no usable key"):
-        await job.run_async(store=tmp_path / "s.db", concurrency=1)
+    result = await job.run_async(store=tmp_path / "s.db", concurrency=1)
+    assert (result.exit_code, result.stop_reason) == (2, "no usable key")
+    assert any("no usable key left" in note for note in result.snapshot.notes)
+    assert any("disabled" in note for note in result.snapshot.notes)
     db = sqlite3.connect(tmp_path / "s.db")
     counts = dict(db.execute("SELECT status, count(*) FROM items GROUP BY status"))
     db.close()

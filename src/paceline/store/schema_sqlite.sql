@@ -72,5 +72,17 @@ CREATE TABLE IF NOT EXISTS keys (
     rate_limited INTEGER NOT NULL DEFAULT 0,
     errors       INTEGER NOT NULL DEFAULT 0,
     state        TEXT NOT NULL DEFAULT 'ready',
+    until        REAL,
+    reason       TEXT,
+    info         TEXT,
     updated_at   REAL
+);
+
+-- Daily quota spent per key group and day window, so a restart knows what is left today.
+CREATE TABLE IF NOT EXISTS key_days (
+    fingerprint TEXT NOT NULL,
+    day_start   REAL NOT NULL,
+    unit        TEXT NOT NULL,
+    used        REAL NOT NULL,
+    PRIMARY KEY (fingerprint, day_start, unit)
 );

@@ -71,6 +71,9 @@ class KeyUsage:
     rate_limited: int = 0
     errors: int = 0
     state: str = "ready"
+    until: float | None = None
+    reason: str | None = None
+    info: dict[str, Any] | None = None
 
 
 def invalid_id(line: int) -> str:
@@ -102,6 +105,8 @@ class SQLiteStore:
             self.db.execute("PRAGMA busy_timeout=30000")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        except OSError as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         self.db.close()
@@ -145,12 +150,18 @@ class SQLiteStore:
             raise
 
     def _live_runs(self, now: float, stale_after: float) -> list[RunInfo]:
+        """Unfinished runs that may still be alive: on this host, while their process
+        lives (a busy run may miss heartbeats); elsewhere, while they heartbeat."""
         rows = self.db.execute(
             "SELECT run_id, pid, host, started_at, heartbeat, finished_at, state, stats "
-            "FROM runs WHERE finished_at IS NULL AND heartbeat > ?",
-            (now - stale_after,),
+            "FROM runs WHERE finished_at IS NULL"
         ).fetchall()
-        return [_run(r) for r in rows]
+        host = socket.gethostname()
+        runs = [_run(r) for r in rows]
+        return [
+            r for r in runs
+            if (r.host == host and _pid_alive(r.pid)) or r.heartbeat > now - stale_after
+        ]  # fmt: skip
 
     def live_run(self, now: float, stale_after: float = 15.0) -> RunInfo | None:
         """The run holding the job now, if any (a reader's view: pid checks included)."""
@@ -320,6 +331,8 @@ class SQLiteStore:
         *,
         sink_state: str | None = None,
         keys: Sequence[KeyUsage] = (),
+        days: Sequence[tuple[str, float, str, float]] = (),
+        lease: str | None = None,
     ) -> None:
         """Record finished attempts (after their rows reached the sink), in one commit."""
         db = self.db
@@ -332,15 +345,26 @@ class SQLiteStore:
                 if status is Status.DONE:
                     db.executemany(
                         "UPDATE items SET status='done', attempts=?, last_error=NULL, "
-                        "lease=NULL, updated_at=? WHERE seq=? AND status='running'",
-                        [(o.attempts, now, o.seq) for o in group],
+                        "lease=NULL, updated_at=? WHERE seq=? AND status='running' "
+                        "AND (? IS NULL OR lease=?)",
+                        [(o.attempts, now, o.seq, lease, lease) for o in group],
                     )
                 else:
                     db.executemany(
                         "UPDATE items SET status=?, attempts=?, last_error=?, not_before=?, "
-                        "lease=NULL, updated_at=? WHERE seq=? AND status='running'",
+                        "lease=NULL, updated_at=? WHERE seq=? AND status='running' "
+                        "AND (? IS NULL OR lease=?)",
                         [
-                            (status.value, o.attempts, o.error, o.not_before, now, o.seq)
+                            (
+                                status.value,
+                                o.attempts,
+                                o.error,
+                                o.not_before,
+                                now,
+                                o.seq,
+                                lease,
+                                lease,
+                            )
                             for o in group
                         ],
                     )
@@ -353,6 +377,13 @@ class SQLiteStore:
                 )
             if keys:
                 self._add_key_usage(keys, now)
+            if days:
+                db.executemany(
+                    "INSERT INTO key_days (fingerprint, day_start, unit, used) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (fingerprint, day_start, unit) "
+                    "DO UPDATE SET used=excluded.used",
+                    days,
+                )
 
     def sink_state(self) -> str | None:
         row = self.db.execute("SELECT value FROM sink_state").fetchone()
@@ -395,18 +426,43 @@ class SQLiteStore:
 
     def key_usage(self) -> list[KeyUsage]:
         rows = self.db.execute(
-            "SELECT fingerprint, masked, requests, tokens, rate_limited, errors, state "
-            "FROM keys ORDER BY masked"
+            "SELECT fingerprint, masked, requests, tokens, rate_limited, errors, state, until, "
+            "reason, info FROM keys ORDER BY masked"
         ).fetchall()
-        return [KeyUsage(*r) for r in rows]
+        return [
+            KeyUsage(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                json.loads(r[9]) if r[9] else None,
+            )
+            for r in rows
+        ]
+
+    def day_usage(self, fingerprint: str, day_start: float) -> dict[str, float]:
+        """What a key group spent in the day window starting at ``day_start``, by unit."""
+        return dict(
+            self.db.execute(
+                "SELECT unit, used FROM key_days WHERE fingerprint=? AND day_start=?",
+                (fingerprint, day_start),
+            )
+        )
 
     def _add_key_usage(self, keys: Sequence[KeyUsage], now: float) -> None:
         self.db.executemany(
             "INSERT INTO keys (fingerprint, masked, requests, tokens, rate_limited, errors, "
-            "state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint) DO "
+            "state, until, reason, info, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (fingerprint) DO "
             "UPDATE SET requests=requests+excluded.requests, tokens=tokens+excluded.tokens, "
             "rate_limited=rate_limited+excluded.rate_limited, errors=errors+excluded.errors, "
-            "state=excluded.state, updated_at=excluded.updated_at",
+            "state=excluded.state, until=excluded.until, reason=excluded.reason, "
+            "info=excluded.info, updated_at=excluded.updated_at",
             [
                 (
                     k.fingerprint,
@@ -416,6 +472,9 @@ class SQLiteStore:
                     k.rate_limited,
                     k.errors,
                     k.state,
+                    k.until,
+                    k.reason,
+                    json.dumps(k.info) if k.info is not None else None,
                     now,
                 )
                 for k in keys

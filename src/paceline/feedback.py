@@ -1,0 +1,599 @@
+"""What one HTTP answer says about the API key that sent it.
+
+:func:`read_feedback` reads a provider's answer into a frozen :class:`Feedback`: a
+:class:`Verdict` on the key, when the key may be used again, and the limit windows
+(:class:`Window`) the provider announced. It is pure (``now`` is passed in) and never raises
+on odd input: a malformed header or body part is ignored. ``reason`` holds fixed phrases and
+identifier-like codes only, never an answer's free text: error messages may quote the key.
+
+Understood, as documented: ``Retry-After`` (seconds or HTTP-date) and ``retry-after-ms``;
+OpenAI ``x-ratelimit-*-{requests,tokens}`` (Go-duration resets) and error codes; Anthropic
+``anthropic-ratelimit-*`` (RFC 3339 resets) and error types; GitHub primary and secondary
+limits; Gemini ``QuotaFailure``/``RetryInfo`` (per-day quotas reset at midnight Pacific);
+IETF ``RateLimit``/``RateLimit-Policy``, the older ``RateLimit-Limit`` trio, ``X-RateLimit-*``.
+
+>>> fb = read_feedback(429, {"Retry-After": "20"}, None, now=1_000.0)
+>>> fb.verdict, fb.retry_at
+(<Verdict.RATE_LIMITED: 'rate_limited'>, 1020.0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import enum
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+__all__ = ["Feedback", "Verdict", "Window", "read_feedback"]
+
+
+class Verdict(enum.StrEnum):
+    """What an answer means for the key that sent it."""
+
+    OK = "ok"
+    """Nothing against the key: a success, or an error about the request or the provider."""
+    RATE_LIMITED = "rate_limited"
+    """A short-term limit: rest the key until ``retry_at`` and send the work with another."""
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    """A long-window quota is spent: park the key until ``retry_at`` (``None``: for the run)."""
+    KEY_INVALID = "key_invalid"
+    """The key is revoked or invalid: disable it for the run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A limit the provider announced for this key.
+
+    ``name`` says which of several limits this is: ``requests``, ``tokens``,
+    ``input_tokens``, ``output_tokens`` (OpenAI, Anthropic), the GitHub resource (``core``,
+    ``search``), the IETF policy name, or the Gemini quota id. Anthropic's input and output
+    token windows count only their side of a request's tokens.
+    """
+
+    unit: Literal["requests", "tokens"]
+    limit: int | None
+    remaining: int | None
+    reset_at: float | None
+    """Epoch seconds when the window is full again."""
+    period: float | None
+    """Window length in seconds, when known."""
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """One answer, read: the verdict on the key and what the provider announced.
+
+    ``retry_at`` is epoch seconds before which the key should not be used again; ``None``
+    means no advice, except with ``QUOTA_EXHAUSTED``, where it means the quota does not come
+    back by itself during the run (OpenAI ``insufficient_quota``, Anthropic
+    ``billing_error``): park the key for the run. On an ``OK`` 5xx it is the provider's
+    ``Retry-After``. ``scope`` is ``minute``, ``hour``, ``day`` or ``secondary`` (GitHub);
+    ``tokens_used`` the usage the body reports; ``reason`` one line for the user.
+    """
+
+    verdict: Verdict
+    retry_at: float | None
+    windows: tuple[Window, ...] = ()
+    scope: str | None = None
+    tokens_used: int | None = None
+    reason: str | None = None
+
+
+# verdict, retry_at, scope, reason
+_Judgement = tuple[Verdict, float | None, str | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    headers: dict[str, str]
+    error: Mapping[str, Any]
+    message: str
+    github: bool
+    windows: tuple[Window, ...]
+    retry_after: float | None
+    now: float
+
+
+def read_feedback(
+    status: int,
+    headers: Mapping[str, str],
+    body: Any,
+    now: float,
+    *,
+    day_resets_tz: str = "America/Los_Angeles",
+) -> Feedback:
+    """Read one answer into a :class:`Feedback`; ``body`` is parsed JSON, text or ``None``.
+
+    ``day_resets_tz`` is where a daily quota (Gemini's) resets at midnight; an unknown zone
+    raises :class:`ValueError` when one is needed.
+    """
+    h = _normalise(headers)
+    data = _as_mapping(body)
+    raw_error = data.get("error")
+    error: Mapping[str, Any] = raw_error if isinstance(raw_error, Mapping) else {}
+    texts = (error.get("message"), data.get("message"), raw_error)
+    message = next((text for text in texts if isinstance(text, str)), "")
+    github = any(n in h for n in ("x-ratelimit-resource", "x-github-request-id")) or (
+        "github" in str(data.get("documentation_url", "")).lower()
+    )
+    windows = (
+        *_openai_windows(h, now),
+        *_anthropic_windows(h),
+        *_x_ratelimit_windows(h, now, github),
+        *_ietf_windows(h, now),
+    )
+    answer = _Answer(status, h, error, message, github, windows, _retry_after(h, now), now)
+    gemini, quota_windows = _judge_gemini(answer, day_resets_tz)
+    answer = dataclasses.replace(answer, windows=(*windows, *quota_windows))
+    verdict, retry_at, scope, reason = (
+        _judge_key(answer)
+        or _judge_billing(answer)
+        or gemini
+        or _judge_openai(answer)
+        or _judge_github(answer)
+        or _judge_status(answer)
+    )
+    return Feedback(verdict, retry_at, answer.windows, scope, _tokens_used(data), reason)
+
+
+# -- verdicts -----------------------------------------------------------------------------
+
+_KEY_PHRASES = (  # (found in the message, said to the user): never the message itself
+    ("bad credentials", "Bad credentials"),
+    ("requires authentication", "Requires authentication"),
+    ("api key not valid", "API key not valid"),
+    ("api key expired", "API key expired"),
+    ("api key not found", "API key not found"),
+    ("reported as leaked", "API key reported as leaked"),
+    ("unregistered callers", "no valid API key sent"),
+    ("has been suspended", "API key suspended"),
+    ("has not been used in project", "API not enabled for the key's project"),
+)
+_GEMINI_KEY_TEXT = ("api key not valid", "api key expired", "api key not found")
+# ErrorInfo reasons that condemn the key (or its project) for every request, not just this one.
+_KEY_REASONS = frozenset({"SERVICE_DISABLED", "CONSUMER_SUSPENDED", "CONSUMER_INVALID"})
+
+
+def _judge_key(a: _Answer) -> _Judgement | None:
+    reasons = [str(d.get("reason")) for d in _details(a.error, "ErrorInfo")]
+    key_reason = any(r.startswith("API_KEY_") or r in _KEY_REASONS for r in reasons)
+    text = a.message.lower()
+    if a.status == 401:
+        pass
+    elif a.status == 400 and (key_reason or any(t in text for t in _GEMINI_KEY_TEXT)):
+        pass  # Gemini answers a bad key with 400 INVALID_ARGUMENT, not 401
+    elif a.status == 403 and a.error.get("status") == "PERMISSION_DENIED":
+        if not (key_reason or "api key" in text or "unregistered callers" in text):
+            return None  # a permission of this request (a model, a file), not of the key
+    else:
+        return None
+    phrase = next((said for found, said in _KEY_PHRASES if found in text), None)
+    if phrase is None:
+        codes = (*reasons, a.error.get("code"), a.error.get("type"), a.error.get("status"))
+        phrase = next((s for s in map(_safe, codes) if s), None)
+    reason = f"key rejected: {phrase}" if phrase else f"key rejected (HTTP {a.status})"
+    return Verdict.KEY_INVALID, None, None, reason
+
+
+def _judge_billing(a: _Answer) -> _Judgement | None:
+    # Money, not time, brings these back: no retry_at, the key is parked for the run.
+    codes = (a.error.get("code"), a.error.get("type"))
+    code = next((c for c in ("insufficient_quota", "billing_error") if c in codes), None)
+    return (Verdict.QUOTA_EXHAUSTED, None, None, f"quota exhausted: {code}") if code else None
+
+
+def _judge_gemini(a: _Answer, zone: str) -> tuple[_Judgement | None, tuple[Window, ...]]:
+    """A 429 with ``QuotaFailure`` violations, and the windows the violations name."""
+    violations = [
+        v
+        for failure in _details(a.error, "QuotaFailure")
+        if isinstance(failure.get("violations"), list)
+        for v in failure["violations"]
+        if isinstance(v, Mapping)
+    ]
+    if a.status != 429 or not violations:
+        return None, ()
+    retry_info = _details(a.error, "RetryInfo")
+    # retryDelay is a protobuf Duration ("37s", "0.5s"): a Go duration too.
+    delay = _go_duration(str(retry_info[0].get("retryDelay"))) if retry_info else None
+    soon = _first(None if delay is None else a.now + delay, a.retry_after, _advice(a))
+    midnight = _next_midnight(a.now, zone)
+    windows: list[Window] = []
+    for v in violations:
+        quota_id, metric = str(v.get("quotaId", "")), str(v.get("quotaMetric", ""))
+        text = f"{quota_id} {metric}".lower().replace("_", "")
+        period = next((s for word, s in _PERIOD_WORDS if word in text), None)
+        unit: Literal["requests", "tokens"] = "tokens" if "token" in text else "requests"
+        reset = midnight if period == 86_400 else soon
+        name = _safe(quota_id) or _safe(metric)
+        windows.append(Window(unit, _count(v.get("quotaValue")), None, reset, period, name))
+    daily = [w for w in windows if w.period == 86_400]
+    judgement: _Judgement
+    if daily:
+        what = f" ({daily[0].name})" if daily[0].name else ""
+        judgement = (Verdict.QUOTA_EXHAUSTED, midnight, "day", f"daily quota exhausted{what}")
+    else:
+        period = max((w.period for w in windows if w.period), default=None)
+        scope = _SCOPES.get(period or 0)
+        units = sorted({w.unit for w in windows if w.period == period})
+        judgement = (Verdict.RATE_LIMITED, soon, scope, _limit_reason(scope, " and ".join(units)))
+    return judgement, tuple(windows)
+
+
+_PERIOD_WORDS = (("perday", 86_400.0), ("perhour", 3_600.0), ("perminute", 60.0))
+_SCOPES = {60.0: "minute", 3_600.0: "hour", 86_400.0: "day"}
+
+
+def _judge_openai(a: _Answer) -> _Judgement | None:
+    code, kind = a.error.get("code"), a.error.get("type")
+    if a.status != 429 or (code != "rate_limit_exceeded" and kind not in ("requests", "tokens")):
+        return None
+    text = a.message.lower()
+    unit = kind if kind in ("requests", "tokens") else "tokens" if "tokens per" in text else ""
+    unit = unit or "requests"
+    # Free tiers also have per-day limits (RPD, TPD); the message names the one hit.
+    daily = "per day" in text or "(rpd)" in text or "(tpd)" in text
+    period = 86_400.0 if daily else 60.0
+    reset = next((w.reset_at for w in a.windows if w.name == unit and w.period == period), None)
+    retry_at = _first(a.retry_after, reset, _advice(a))
+    scope = "day" if daily else "minute"
+    verdict = Verdict.QUOTA_EXHAUSTED if daily else Verdict.RATE_LIMITED
+    return verdict, retry_at, scope, _limit_reason(scope, unit)
+
+
+_GITHUB_PER_MINUTE = frozenset({"search", "code_search"})
+
+
+def _judge_github(a: _Answer) -> _Judgement | None:
+    if a.status not in (403, 429) or not a.github:
+        return None
+    remaining = _count(a.headers.get("x-ratelimit-remaining"))
+    reset = _reset_time(a.headers.get("x-ratelimit-reset"), a.now)
+    text = a.message.lower()
+    # GitHub's order for a secondary limit: retry-after, else the reset when remaining is
+    # 0, else at least one minute.
+    secondary = (
+        Verdict.RATE_LIMITED,
+        _first(a.retry_after, reset if remaining == 0 else None, a.now + 60.0),
+        "secondary",
+        "GitHub secondary rate limit",
+    )
+    if "secondary rate limit" in text or "abuse detection" in text:
+        return secondary
+    if remaining == 0:
+        resource = a.headers.get("x-ratelimit-resource", "core")
+        reason = f"GitHub primary rate limit exhausted ({_safe(resource) or 'core'})"
+        if resource in _GITHUB_PER_MINUTE:  # search limits are per minute, not per hour
+            return Verdict.RATE_LIMITED, _first(reset, a.retry_after), "minute", reason
+        return Verdict.QUOTA_EXHAUSTED, _first(reset, a.retry_after), "hour", reason
+    if a.retry_after is not None or "rate limit" in text:
+        return secondary
+    return None  # e.g. "Resource not accessible by integration": the request's fault
+
+
+def _judge_status(a: _Answer) -> _Judgement:
+    if a.status == 429:
+        # Without Retry-After, the announced windows say when the spent one is full again.
+        spent = [w for w in a.windows if w.remaining == 0 and w.reset_at is not None]
+        latest = max(spent, key=lambda w: w.reset_at or 0.0, default=None)
+        retry_at = _first(a.retry_after, latest.reset_at if latest else None, _advice(a))
+        scope = _SCOPES.get(latest.period or 0) if latest else None
+        if scope is None and a.error.get("type") == "rate_limit_error":
+            scope = "minute"  # Anthropic's limits are all per minute
+        label = ""
+        if latest:  # "input tokens" says more than "tokens"
+            named = latest.name or ""
+            label = named.replace("_", " ") if named.endswith(("requests", "tokens")) else ""
+            label = label or latest.unit
+        long_window = scope in ("hour", "day")
+        verdict = Verdict.QUOTA_EXHAUSTED if long_window else Verdict.RATE_LIMITED
+        return verdict, retry_at, scope, _limit_reason(scope, label)
+    if a.status >= 500:
+        # Not the key's fault; the provider's Retry-After is still worth passing on.
+        overloaded = a.status in (503, 529) or a.error.get("type") == "overloaded_error"
+        reason = f"provider overloaded (HTTP {a.status})" if overloaded else None
+        return Verdict.OK, a.retry_after, None, reason
+    return Verdict.OK, None, None, None
+
+
+def _limit_reason(scope: str | None, label: str) -> str:
+    if scope == "day":
+        return f"daily quota exhausted ({label} per day)" if label else "daily quota exhausted"
+    if scope and label:
+        return f"429 rate limit ({label} per {scope})"
+    return "429 rate limit"
+
+
+# -- windows ------------------------------------------------------------------------------
+
+
+def _openai_windows(h: dict[str, str], now: float) -> list[Window]:
+    out = []
+    for unit in ("requests", "tokens"):
+        limit = _count(h.get(f"x-ratelimit-limit-{unit}"))
+        remaining = _count(h.get(f"x-ratelimit-remaining-{unit}"))
+        reset = _go_duration(h.get(f"x-ratelimit-reset-{unit}"))
+        # OpenAI's windows are per minute, but tiers with a per-day limit (RPD, TPD) announce
+        # that one instead. A reset (time until full) beyond a minute betrays it; the reset is
+        # not turned into a refill rate, as a fixed or sliding window would read as daily.
+        period = 86_400.0 if reset is not None and reset > 60 else 60.0
+        reset_at = None if reset is None else now + reset
+        out += _announced(unit, limit, remaining, reset_at, period, unit)
+    return out
+
+
+def _anthropic_windows(h: dict[str, str]) -> list[Window]:
+    out = []
+    for name in ("requests", "tokens", "input-tokens", "output-tokens"):
+        prefix = f"anthropic-ratelimit-{name}-"
+        limit, remaining = _count(h.get(prefix + "limit")), _count(h.get(prefix + "remaining"))
+        unit: Literal["requests", "tokens"] = "requests" if name == "requests" else "tokens"
+        # Anthropic's limits are token buckets refilled over a minute.
+        reset_at, label = _timestamp(h.get(prefix + "reset")), name.replace("-", "_")
+        out += _announced(unit, limit, remaining, reset_at, 60.0, label)
+    return out
+
+
+def _x_ratelimit_windows(h: dict[str, str], now: float, github: bool) -> list[Window]:
+    resource = h.get("x-ratelimit-resource")
+    period = None
+    if github:  # GitHub's windows are an hour, except search's
+        period = 60.0 if resource in _GITHUB_PER_MINUTE else 3_600.0
+    return _announced("requests", *_trio(h, "x-ratelimit-", now), period, _safe(resource))
+
+
+_IETF_UNITS: dict[str | None, Literal["requests", "tokens"]] = {
+    None: "requests",  # the draft's default quota unit
+    "requests": "requests",
+    "tokens": "tokens",  # not registered, but what an LLM gateway would send
+}
+
+
+def _ietf_windows(h: dict[str, str], now: float) -> list[Window]:
+    policies: dict[str, dict[str, str]] = {}
+    legacy: list[tuple[int, float | None]] = []  # older drafts: RateLimit-Policy: 100;w=60
+    for item, params in _sf_list(h.get("ratelimit-policy")):
+        if (quota := _count(item)) is not None:
+            legacy.append((quota, _num(params.get("w"))))
+        else:
+            policies[item] = params
+    current = dict(_sf_list(h.get("ratelimit")))
+    out = []
+    for name in dict.fromkeys([*policies, *current]):
+        policy, state = policies.get(name, {}), current.get(name, {})
+        unit = _IETF_UNITS.get(policy.get("qu"))
+        if unit is None:
+            continue  # content-bytes, concurrent-requests: nothing the limiter meters
+        t = _num(state.get("t"))
+        reset_at = now + t if t is not None and t >= 0 else None
+        limit, remaining = _count(policy.get("q")), _count(state.get("r"))
+        out.append(Window(unit, limit, remaining, reset_at, _num(policy.get("w")), name))
+    limit, remaining, reset_at = _trio(h, "ratelimit-", now)
+    periods = [w for q, w in legacy if q == limit] or [w for _, w in legacy[:1]]
+    out += _announced("requests", limit, remaining, reset_at, periods[0] if periods else None)
+    if limit is None and remaining is None and reset_at is None:
+        out += [Window("requests", q, None, None, w) for q, w in legacy]
+    return out
+
+
+def _trio(
+    h: dict[str, str], prefix: str, now: float
+) -> tuple[int | None, int | None, float | None]:
+    """``{prefix}limit``, ``-remaining``, ``-reset``: X-RateLimit-* and older RateLimit-*."""
+    limit = _count(_first_item(h.get(prefix + "limit")))
+    remaining = _count(_first_item(h.get(prefix + "remaining")))
+    return limit, remaining, _reset_time(_first_item(h.get(prefix + "reset")), now)
+
+
+def _announced(
+    unit: Literal["requests", "tokens"],
+    limit: int | None,
+    remaining: int | None,
+    reset_at: float | None,
+    period: float | None,
+    name: str | None = None,
+) -> list[Window]:
+    """The window, if the headers said anything about it."""
+    if limit is None and remaining is None and reset_at is None:
+        return []
+    return [Window(unit, limit, remaining, reset_at, period, name)]
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+
+def _next_midnight(now: float, zone_name: str) -> float:
+    try:
+        zone = ZoneInfo(zone_name)  # cached by zoneinfo itself
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {zone_name!r}") from None
+    # Midnight on the local calendar, so the zone's DST offset (UTC-8 or UTC-7) applies.
+    tomorrow = datetime.fromtimestamp(now, zone).date() + timedelta(days=1)
+    return datetime.combine(tomorrow, time(), tzinfo=zone).timestamp()
+
+
+def _normalise(headers: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(headers, Mapping):
+        return {}
+    items = headers.items()
+    return {
+        k.strip().lower(): v.strip() for k, v in items if isinstance(k, str) and isinstance(v, str)
+    }
+
+
+def _as_mapping(body: Any) -> Mapping[str, Any]:
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError):
+            return {"message": body}  # plain text still says "secondary rate limit"
+    if isinstance(body, list) and body and isinstance(body[0], Mapping) and "error" in body[0]:
+        body = body[0]  # Gemini's streaming endpoints wrap the error in a one-item array
+    return body if isinstance(body, Mapping) else {}
+
+
+def _details(error: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
+    """google.rpc details of one ``@type`` (``QuotaFailure``, ``RetryInfo``, ``ErrorInfo``)."""
+    details = error.get("details")
+    if not isinstance(details, list):
+        return []
+    suffix = "." + kind
+    return [d for d in details if isinstance(d, Mapping) and str(d.get("@type")).endswith(suffix)]
+
+
+def _tokens_used(data: Mapping[str, Any]) -> int | None:
+    for key, total, parts in _USAGE:
+        usage = data.get(key)
+        if isinstance(usage, Mapping):
+            if (count := _count(usage.get(total))) is not None:
+                return count
+            found = [c for p in parts if (c := _count(usage.get(p))) is not None]
+            return sum(found) if found else None
+    return None
+
+
+_USAGE = (
+    # OpenAI (chat: prompt/completion; responses: input/output), Anthropic (+ cache tokens)
+    ("usage", "total_tokens", ("prompt_tokens", "completion_tokens", "input_tokens",
+                               "output_tokens", "cache_creation_input_tokens",
+                               "cache_read_input_tokens")),
+    ("usageMetadata", "totalTokenCount", ("promptTokenCount", "candidatesTokenCount",
+                                          "thoughtsTokenCount", "toolUsePromptTokenCount")),
+)  # fmt: skip
+
+
+def _retry_after(h: dict[str, str], now: float) -> float | None:
+    ms = _num(h.get("retry-after-ms"))
+    if ms is not None and ms >= 0:
+        return now + ms / 1000
+    raw = h.get("retry-after")
+    if raw is None:
+        return None
+    seconds = _num(raw)
+    if seconds is not None:
+        return now + seconds if seconds >= 0 else None
+    when = _timestamp(raw)
+    return None if when is None else max(now, when)
+
+
+def _advice(a: _Answer) -> float | None:
+    """The wait a message spells out: "Please try again in 6m0s", "Please retry in 37.5s"."""
+    found = re.search(
+        r"(?:try again|retry) in ((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+)", a.message
+    )
+    delay = _go_duration(found.group(1)) if found else None
+    return None if delay is None else a.now + delay
+
+
+_GO_DURATION = re.compile(r"(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
+_GO_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def _go_duration(text: str | None) -> float | None:
+    """Seconds in a Go duration (``1m30.5s``); a bare number is seconds (Azure sends those)."""
+    if text is None:
+        return None
+    if _GO_DURATION.fullmatch(text):
+        return sum(float(n) * _GO_UNITS[u] for n, u in _GO_PART.findall(text))
+    seconds = _num(text)
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+def _timestamp(text: str | None) -> float | None:
+    """Epoch seconds of an RFC 3339 date (Anthropic) or an HTTP-date (``Retry-After``)."""
+    try:
+        when = datetime.fromisoformat(text or "")
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text or "")
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _reset_time(text: str | None, now: float) -> float | None:
+    """A reset as epoch seconds, epoch milliseconds, delta-seconds or a date."""
+    if text is None:
+        return None
+    value = _num(text)
+    if value is None:
+        return _timestamp(text)
+    if value < 0:
+        return None
+    # No window lasts 30 years, so a value that large is a timestamp, not a delay.
+    if value >= 1e11:
+        return value / 1000
+    return value if value >= 1e9 else now + value
+
+
+def _sf_list(value: str | None) -> list[tuple[str, dict[str, str]]]:
+    """An HTTP structured-field list as ``(item, parameters)``, quotes removed; lenient."""
+    members = []
+    for member in _split(value or "", ","):
+        item, *params = _split(member, ";") or [""]
+        pairs = (param.partition("=") for param in params)
+        members.append((_unquote(item), {k.lower(): _unquote(v) for k, _, v in pairs}))
+    return [(item, params) for item, params in members if "=" not in item]
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """Split at ``separator`` outside quoted strings."""
+    pattern = rf'(?:"(?:[^"\\]|\\.)*"|[^"{separator}])+'
+    return [part.strip() for part in re.findall(pattern, text) if part.strip()]
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", text[1:-1])
+    return text
+
+
+def _first_item(text: str | None) -> str | None:
+    """The first member of a list field without parameters: ``100`` of ``100, 100;w=60``."""
+    return None if text is None else text.split(",", 1)[0].split(";", 1)[0].strip()
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _count(value: object) -> int | None:
+    """A non-negative whole number; Azure's ``-1`` ("no data") and junk give ``None``."""
+    number = _num(value)
+    return int(number) if number is not None and number >= 0 and number.is_integer() else None
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.:/-]{0,79}")
+_SECRET_PREFIXES = ("sk-", "sk_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "aiza")
+_MIXED_RUN = re.compile(r"(?=[A-Za-z0-9]{20,})(?=[A-Za-z0-9]*\d)(?=[A-Za-z0-9]*[A-Za-z])")
+
+
+def _safe(value: object) -> str | None:
+    """An identifier-like code fit for ``reason`` (``invalid_api_key``), never key-like."""
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        return None
+    # Defence in depth: a code never starts like a key, nor mixes letters and digits at length.
+    if value.lower().startswith(_SECRET_PREFIXES) or _MIXED_RUN.search(value):
+        return None
+    return value

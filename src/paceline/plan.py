@@ -1,0 +1,91 @@
+"""``paceline plan``: how long and how much, from the pool's limits and what is pending."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .limits import Limit
+
+if TYPE_CHECKING:
+    from .keys import KeyPool
+
+__all__ = ["Capacity", "Plan", "capacity", "make_plan"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """Requests a pool can send per minute and per day (``inf`` when nothing limits it)."""
+
+    per_minute: float
+    per_day: float
+    groups: int
+
+
+def _group_capacity(limits: list[Limit]) -> tuple[float, float]:
+    requests = [lim for lim in limits if lim.unit == "requests"]
+    per_minute = min((lim.per_minute() for lim in requests if not lim.daily), default=math.inf)
+    per_day = min(
+        (lim.count * 86400 / lim.seconds for lim in requests if lim.daily), default=math.inf
+    )
+    return per_minute, min(per_day, per_minute * 1440)
+
+
+def capacity(pool: KeyPool) -> Capacity:
+    """Sum over key groups (keys sharing a quota count once)."""
+    per_minute = per_day = 0.0
+    groups = pool.groups()
+    for key, group in groups:
+        if key.state == "disabled":
+            continue
+        limits = [m.limit for m in group.meters()]
+        minute, day = _group_capacity(limits)
+        per_minute += minute
+        per_day += day
+    return Capacity(per_minute, per_day, len(groups))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    pending: int
+    requests_per_item: float
+    capacity: Capacity
+    today_left: float
+    items_per_minute: float
+    items_per_day: float
+    seconds: float | None
+
+
+def make_plan(
+    pool: KeyPool,
+    pending: int,
+    requests_per_item: float,
+    today_spent: float,
+    until_reset: float,
+) -> Plan:
+    """When ``pending`` items would be done at the pool's full speed.
+
+    Today only what is left of today's quota can be spent; after the daily reset (in
+    ``until_reset`` seconds) a full day's quota each day. ``seconds`` is ``None`` when
+    nothing limits the pool (no basis to plan on).
+    """
+    cap = capacity(pool)
+    rpi = max(requests_per_item, 1e-9)
+    items_per_minute = cap.per_minute / rpi
+    items_per_day = cap.per_day / rpi
+    today_left = max(0.0, cap.per_day - today_spent)
+    if math.isinf(cap.per_minute) and math.isinf(cap.per_day):
+        return Plan(pending, requests_per_item, cap, today_left, math.inf, math.inf, None)
+    need = pending * rpi
+    per_second = (cap.per_minute if not math.isinf(cap.per_minute) else cap.per_day / 1440) / 60
+    if need <= today_left or math.isinf(cap.per_day):
+        seconds = need / per_second
+    else:
+        rest = need - today_left
+        days = math.ceil(rest / cap.per_day)
+        last_day = rest - (days - 1) * cap.per_day
+        seconds = until_reset + (days - 1) * 86400 + last_day / per_second
+    return Plan(
+        pending, requests_per_item, cap, today_left, items_per_minute, items_per_day, seconds
+    )

@@ -1,0 +1,861 @@
+"""read_feedback: what each provider's documented answers say about the key that sent them."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import httpx
+import pytest
+
+from paceline.feedback import Feedback, Verdict, Window, read_feedback
+
+NOW = 1_718_893_800.0  # 2024-06-20T14:30:00Z: 07:30 in Los Angeles (PDT, UTC-7)
+GEMINI_DAY_END = 1_718_953_200.0  # 2024-06-21T07:00:00Z: the next Pacific midnight
+
+
+def read(
+    status: int, headers: dict[str, str] | None = None, body: Any = None, **kw: Any
+) -> Feedback:
+    return read_feedback(status, httpx.Headers(headers or {}), body, kw.pop("now", NOW), **kw)
+
+
+# -- Retry-After ----------------------------------------------------------------------------
+
+
+def test_retry_after_in_seconds_rests_the_key_that_long() -> None:
+    assert read(429, {"Retry-After": "20"}) == Feedback(
+        Verdict.RATE_LIMITED, NOW + 20, reason="429 rate limit"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Thu, 20 Jun 2024 14:31:00 GMT", NOW + 60),
+        ("Thursday, 20-Jun-24 14:32:00 GMT", NOW + 120),  # RFC 850, still valid HTTP-date
+        ("Thu, 20 Jun 2024 14:00:00 GMT", NOW),  # already past: no wait
+    ],
+)
+def test_retry_after_as_http_date(value: str, expected: float) -> None:
+    assert read(429, {"Retry-After": value}).retry_at == expected
+
+
+def test_retry_after_ms_is_more_precise_and_wins() -> None:
+    headers = {"retry-after-ms": "1500", "retry-after": "2"}
+    assert read(429, headers).retry_at == NOW + 1.5
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "nan", "inf", ""])
+def test_unreadable_retry_after_is_no_advice(value: str) -> None:
+    assert read(429, {"Retry-After": value}) == Feedback(
+        Verdict.RATE_LIMITED, None, reason="429 rate limit"
+    )
+
+
+# -- OpenAI ---------------------------------------------------------------------------------
+
+OPENAI_OK = {
+    "x-ratelimit-limit-requests": "5000",
+    "x-ratelimit-limit-tokens": "160000",
+    "x-ratelimit-remaining-requests": "4999",
+    "x-ratelimit-remaining-tokens": "159976",
+    "x-ratelimit-reset-requests": "12ms",
+    "x-ratelimit-reset-tokens": "9ms",
+}
+
+
+def test_openai_success_announces_per_minute_windows_and_usage() -> None:
+    usage = {"prompt_tokens": 10, "completion_tokens": 14, "total_tokens": 24}
+    fb = read(200, OPENAI_OK, {"object": "chat.completion", "usage": usage})
+    assert fb == Feedback(
+        Verdict.OK,
+        None,
+        windows=(
+            Window("requests", 5000, 4999, pytest.approx(NOW + 0.012), 60.0, "requests"),
+            Window("tokens", 160000, 159976, pytest.approx(NOW + 0.009), 60.0, "tokens"),
+        ),
+        tokens_used=24,
+    )
+
+
+@pytest.mark.parametrize(
+    ("duration", "seconds"),
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("20ms", 0.02),
+        ("1m30.5s", 90.5),
+        ("2h1m", 7260.0),
+        ("0s", 0.0),
+        ("1.5s", 1.5),
+        ("250us", 0.00025),
+        ("7", 7.0),  # Azure OpenAI sends bare seconds
+    ],
+)
+def test_openai_resets_are_go_durations(duration: str, seconds: float) -> None:
+    fb = read(200, {"x-ratelimit-reset-requests": duration})
+    assert fb.windows[0].reset_at == pytest.approx(NOW + seconds)
+
+
+@pytest.mark.parametrize("duration", ["soon", "1x", "-1s", "s", "1m-3s"])
+def test_unreadable_go_duration_leaves_no_reset(duration: str) -> None:
+    fb = read(200, {"x-ratelimit-reset-requests": duration, "x-ratelimit-limit-requests": "60"})
+    assert fb.windows == (Window("requests", 60, None, None, 60.0, "requests"),)
+
+
+def test_openai_daily_limit_shows_itself_by_its_reset() -> None:
+    # OpenAI's documented example: a 6m0s token reset cannot belong to a per-minute window.
+    headers = {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-limit-tokens": "150000",
+        "x-ratelimit-remaining-requests": "59",
+        "x-ratelimit-remaining-tokens": "149984",
+        "x-ratelimit-reset-requests": "1s",
+        "x-ratelimit-reset-tokens": "6m0s",
+    }
+    requests, tokens = read(200, headers).windows
+    assert (requests.period, tokens.period) == (60.0, 86_400.0)
+    # A reset within the minute is a per-minute window, whatever the refill it implies.
+    rpm = {
+        "x-ratelimit-limit-requests": "5000",
+        "x-ratelimit-remaining-requests": "4999",
+        "x-ratelimit-reset-requests": "45s",
+    }
+    assert read(200, rpm).windows[0].period == 60.0
+
+
+def openai_429(kind: str, message: str) -> dict[str, Any]:
+    return {
+        "error": {"message": message, "type": kind, "param": None, "code": "rate_limit_exceeded"}
+    }
+
+
+TPM_MESSAGE = (
+    "Rate limit reached for gpt-4o in organization org-abc on tokens per min (TPM): Limit "
+    "30000, Used 29000, Requested 2000. Please try again in 2s. Visit "
+    "https://platform.openai.com/account/rate-limits to learn more."
+)
+
+
+def test_openai_429_without_retry_after_uses_the_matching_reset_header() -> None:
+    headers = {
+        "x-ratelimit-reset-requests": "120ms",
+        "x-ratelimit-reset-tokens": "1.5s",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-limit-tokens": "30000",
+    }
+    fb = read(429, headers, openai_429("tokens", TPM_MESSAGE))
+    assert (fb.verdict, fb.retry_at, fb.scope) == (Verdict.RATE_LIMITED, NOW + 1.5, "minute")
+    assert fb.reason == "429 rate limit (tokens per minute)"
+
+
+def test_openai_429_prefers_retry_after_then_reads_the_message() -> None:
+    body = openai_429("tokens", TPM_MESSAGE)
+    assert read(429, {"retry-after": "3"}, body).retry_at == NOW + 3
+    assert read(429, {}, body).retry_at == NOW + 2
+    rpm = openai_429(
+        "requests", "Rate limit reached on requests per min (RPM): Please try again in 20ms."
+    )
+    assert read(429, {}, rpm) == Feedback(
+        Verdict.RATE_LIMITED,
+        pytest.approx(NOW + 0.02),
+        scope="minute",
+        reason="429 rate limit (requests per minute)",
+    )
+
+
+def test_openai_requests_per_day_is_a_spent_quota() -> None:
+    message = (
+        "Rate limit reached for gpt-4o-mini in organization org-abc on requests per day (RPD): "
+        "Limit 200, Used 200, Requested 1. Please try again in 7m12s."
+    )
+    assert read(429, {}, openai_429("requests", message)) == Feedback(
+        Verdict.QUOTA_EXHAUSTED,
+        NOW + 432,
+        scope="day",
+        reason="daily quota exhausted (requests per day)",
+    )
+
+
+def test_openai_insufficient_quota_parks_the_key_for_the_run() -> None:
+    body = {
+        "error": {
+            "message": "You exceeded your current quota, please check your plan and "
+            "billing details.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
+    assert read(429, {"x-request-id": "req_1"}, body) == Feedback(
+        Verdict.QUOTA_EXHAUSTED, None, reason="quota exhausted: insufficient_quota"
+    )
+
+
+def test_openai_invalid_key_is_disabled_without_echoing_the_message() -> None:
+    body = {
+        "error": {
+            "message": "Incorrect API key provided: sk-proj-AbC1***************wxyz. "
+            "You can find your API key at https://platform.openai.com/account/api-keys.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+    assert read(401, {}, body) == Feedback(
+        Verdict.KEY_INVALID, None, reason="key rejected: invalid_api_key"
+    )
+
+
+def test_openai_responses_api_usage() -> None:
+    body = {"usage": {"input_tokens": 36, "output_tokens": 87, "total_tokens": 123}}
+    assert read(200, {}, body).tokens_used == 123
+    assert read(200, {}, {"usage": {"prompt_tokens": 5, "completion_tokens": 7}}).tokens_used == 12
+
+
+# -- Anthropic ------------------------------------------------------------------------------
+
+ANTHROPIC_OK = {
+    "anthropic-ratelimit-requests-limit": "50",
+    "anthropic-ratelimit-requests-remaining": "49",
+    "anthropic-ratelimit-requests-reset": "2024-06-20T14:30:01Z",
+    "anthropic-ratelimit-tokens-limit": "48000",
+    "anthropic-ratelimit-tokens-remaining": "47000",
+    "anthropic-ratelimit-tokens-reset": "2024-06-20T14:30:02Z",
+    "anthropic-ratelimit-input-tokens-limit": "40000",
+    "anthropic-ratelimit-input-tokens-remaining": "39500",
+    "anthropic-ratelimit-input-tokens-reset": "2024-06-20T14:30:01.500Z",
+    "anthropic-ratelimit-output-tokens-limit": "8000",
+    "anthropic-ratelimit-output-tokens-remaining": "7500",
+    "anthropic-ratelimit-output-tokens-reset": "2024-06-20T14:30:05Z",
+}
+
+
+def test_anthropic_success_announces_four_windows_and_usage_with_cache() -> None:
+    usage = {
+        "input_tokens": 2095,
+        "output_tokens": 503,
+        "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 2000,
+    }
+    fb = read(200, ANTHROPIC_OK, {"type": "message", "usage": usage})
+    assert fb == Feedback(
+        Verdict.OK,
+        None,
+        windows=(
+            Window("requests", 50, 49, NOW + 1, 60.0, "requests"),
+            Window("tokens", 48000, 47000, NOW + 2, 60.0, "tokens"),
+            Window("tokens", 40000, 39500, NOW + 1.5, 60.0, "input_tokens"),
+            Window("tokens", 8000, 7500, NOW + 5, 60.0, "output_tokens"),
+        ),
+        tokens_used=4698,
+    )
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    [
+        "2024-06-20T14:31:00Z",
+        "2024-06-20T14:31:00+00:00",
+        "2024-06-20T16:31:00+02:00",
+        "2024-06-20T07:31:00-07:00",
+        "2024-06-20T14:31:00.000Z",
+        "2024-06-20T14:31:00",  # no offset: UTC
+    ],
+)
+def test_anthropic_resets_are_rfc3339_with_any_offset(stamp: str) -> None:
+    fb = read(200, {"anthropic-ratelimit-requests-reset": stamp})
+    assert fb.windows[0].reset_at == NOW + 60
+
+
+ANTHROPIC_429 = {
+    "type": "error",
+    "error": {
+        "type": "rate_limit_error",
+        "message": "This request "
+        "would exceed your organization's rate limit of 40,000 input tokens per minute.",
+    },
+}
+
+
+def test_anthropic_429_rests_the_key_for_retry_after_and_names_the_spent_window() -> None:
+    headers = {
+        "retry-after": "17",
+        "anthropic-ratelimit-input-tokens-limit": "40000",
+        "anthropic-ratelimit-input-tokens-remaining": "0",
+        "anthropic-ratelimit-input-tokens-reset": "2024-06-20T14:31:00Z",
+    }
+    assert read(429, headers, ANTHROPIC_429) == Feedback(
+        Verdict.RATE_LIMITED,
+        NOW + 17,
+        windows=(Window("tokens", 40000, 0, NOW + 60, 60.0, "input_tokens"),),
+        scope="minute",
+        reason="429 rate limit (input tokens per minute)",
+    )
+    del headers["retry-after"]  # then the spent window's reset says when
+    assert read(429, headers, ANTHROPIC_429).retry_at == NOW + 60
+    assert read(429, {}, ANTHROPIC_429) == Feedback(
+        Verdict.RATE_LIMITED, None, scope="minute", reason="429 rate limit"
+    )
+
+
+def test_anthropic_overloaded_is_not_the_keys_fault() -> None:
+    body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+    assert read(529, {"retry-after": "5"}, body) == Feedback(
+        Verdict.OK, NOW + 5, reason="provider overloaded (HTTP 529)"
+    )
+
+
+def test_anthropic_authentication_error_disables_the_key() -> None:
+    body = {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+    }
+    assert read(401, {}, body).reason == "key rejected: authentication_error"
+
+
+def test_anthropic_permission_error_is_about_the_request() -> None:
+    body = {
+        "type": "error",
+        "error": {
+            "type": "permission_error",
+            "message": "Your API key does not have permission to use the specified resource.",
+        },
+    }
+    assert read(403, {}, body) == Feedback(Verdict.OK, None)
+
+
+def test_anthropic_billing_error_parks_the_key_for_the_run() -> None:
+    body = {
+        "type": "error",
+        "error": {"type": "billing_error", "message": "Your credit balance is too low."},
+    }
+    assert read(400, {}, body) == Feedback(
+        Verdict.QUOTA_EXHAUSTED, None, reason="quota exhausted: billing_error"
+    )
+
+
+# -- GitHub ---------------------------------------------------------------------------------
+
+RESET = "1718896200"  # 2024-06-20T15:10:00Z
+GITHUB_DOCS = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
+
+
+def github_headers(remaining: str, resource: str = "core", limit: str = "5000") -> dict[str, str]:
+    used = str(int(limit) - int(remaining))
+    return {
+        "x-ratelimit-limit": limit,
+        "x-ratelimit-remaining": remaining,
+        "x-ratelimit-reset": RESET,
+        "x-ratelimit-used": used,
+        "x-ratelimit-resource": resource,
+        "x-github-request-id": "CAFE:1234",
+    }
+
+
+def test_github_success_announces_the_hourly_core_window() -> None:
+    assert read(200, github_headers("4987")) == Feedback(
+        Verdict.OK, None, windows=(Window("requests", 5000, 4987, 1_718_896_200.0, 3600.0, "core"),)
+    )
+
+
+@pytest.mark.parametrize("status", [403, 429])
+def test_github_primary_limit_spent_parks_the_key_until_the_reset(status: int) -> None:
+    body = {
+        "message": "API rate limit exceeded for user ID 1234.",
+        "documentation_url": GITHUB_DOCS,
+    }
+    assert read(status, github_headers("0"), body) == Feedback(
+        Verdict.QUOTA_EXHAUSTED,
+        1_718_896_200.0,
+        windows=(Window("requests", 5000, 0, 1_718_896_200.0, 3600.0, "core"),),
+        scope="hour",
+        reason="GitHub primary rate limit exhausted (core)",
+    )
+
+
+def test_github_search_limit_is_per_minute() -> None:
+    fb = read(
+        403, github_headers("0", "search", limit="30"), {"message": "API rate limit exceeded"}
+    )
+    assert (fb.verdict, fb.retry_at, fb.scope) == (Verdict.RATE_LIMITED, 1_718_896_200.0, "minute")
+    assert fb.windows[0].period == 60.0
+
+
+SECONDARY = {
+    "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you "
+    "try again.",
+    "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"
+    "#about-secondary-rate-limits",
+}
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({**github_headers("4000"), "retry-after": "30"}, NOW + 30),
+        (github_headers("4000"), NOW + 60),  # neither header: at least one minute
+        (github_headers("0"), 1_718_896_200.0),  # remaining 0: until the reset
+    ],
+)
+def test_github_secondary_limit_follows_githubs_order(
+    headers: dict[str, str], expected: float
+) -> None:
+    fb = read(403, headers, SECONDARY)
+    assert (fb.verdict, fb.retry_at, fb.scope) == (Verdict.RATE_LIMITED, expected, "secondary")
+    assert fb.reason == "GitHub secondary rate limit"
+
+
+def test_github_retry_after_without_message_is_a_secondary_limit() -> None:
+    fb = read(429, {**github_headers("4000"), "retry-after": "45"}, None)
+    assert (fb.verdict, fb.retry_at, fb.scope) == (Verdict.RATE_LIMITED, NOW + 45, "secondary")
+
+
+def test_github_bad_credentials_disable_the_token() -> None:
+    body = {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"}
+    assert read(401, {"x-github-request-id": "CAFE:1"}, body) == Feedback(
+        Verdict.KEY_INVALID, None, reason="key rejected: Bad credentials"
+    )
+
+
+def test_github_403_that_is_no_limit_fails_the_request_not_the_token() -> None:
+    body = {"message": "Resource not accessible by integration", "documentation_url": GITHUB_DOCS}
+    fb = read(403, github_headers("4000"), body)
+    assert (fb.verdict, fb.retry_at, fb.reason) == (Verdict.OK, None, None)
+
+
+# -- Gemini ---------------------------------------------------------------------------------
+
+
+def gemini_429(*quota_ids: str, delay: str = "37s", value: str = "1500") -> dict[str, Any]:
+    violations = [
+        {
+            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+            "quotaId": quota_id,
+            "quotaDimensions": {"location": "global", "model": "gemini-2.0-flash"},
+            "quotaValue": value,
+        }
+        for quota_id in quota_ids
+    ]
+    return {
+        "error": {
+            "code": 429,
+            "status": "RESOURCE_EXHAUSTED",
+            "message": "You exceeded your current quota, please check your plan and "
+            f"billing details. Please retry in {delay}.",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": violations},
+                {"@type": "type.googleapis.com/google.rpc.Help", "links": []},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+            ],
+        }
+    }
+
+
+DAILY = "GenerateRequestsPerDayPerProjectPerModel-FreeTier"
+PER_MINUTE = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+TOKENS_PER_MINUTE = "GenerateContentInputTokensPerModelPerMinute-FreeTier"
+
+
+def test_gemini_daily_quota_parks_the_key_until_pacific_midnight_not_retry_delay() -> None:
+    assert read(429, {}, gemini_429(DAILY)) == Feedback(
+        Verdict.QUOTA_EXHAUSTED,
+        GEMINI_DAY_END,
+        windows=(Window("requests", 1500, None, GEMINI_DAY_END, 86_400.0, DAILY),),
+        scope="day",
+        reason=f"daily quota exhausted ({DAILY})",
+    )
+
+
+@pytest.mark.parametrize(
+    ("now", "midnight"),
+    [
+        (1_705_320_000.0, 1_705_392_000.0),  # 2024-01-15 04:00 PST -> 01-16 08:00Z (UTC-8)
+        (NOW, GEMINI_DAY_END),  # 2024-06-20 07:30 PDT -> 06-21 07:00Z (UTC-7)
+        (1_718_953_140.0, GEMINI_DAY_END),  # 23:59 PDT: one minute to go
+        (1_710_061_200.0, 1_710_140_400.0),  # 2024-03-10 01:00 PST: a 23-hour day
+        (1_730_619_000.0, 1_730_707_200.0),  # 2024-11-03 00:30 PDT: a 25-hour day
+    ],
+)
+def test_gemini_day_ends_at_the_next_pacific_midnight(now: float, midnight: float) -> None:
+    assert read(429, {}, gemini_429(DAILY), now=now).retry_at == midnight
+
+
+def test_gemini_day_zone_is_configurable() -> None:
+    fb = read(429, {}, gemini_429(DAILY), day_resets_tz="UTC")
+    assert fb.retry_at == 1_718_928_000.0  # 2024-06-21T00:00:00Z
+    with pytest.raises(ValueError, match="unknown time zone"):
+        read(429, {}, gemini_429(DAILY), day_resets_tz="Mars/Olympus_Mons")
+
+
+@pytest.mark.parametrize(("delay", "seconds"), [("37s", 37.0), ("37.5s", 37.5), ("0.5s", 0.5)])
+def test_gemini_per_minute_quota_rests_the_key_for_retry_delay(delay: str, seconds: float) -> None:
+    assert read(429, {}, gemini_429(PER_MINUTE, delay=delay, value="15")) == Feedback(
+        Verdict.RATE_LIMITED,
+        NOW + seconds,
+        windows=(Window("requests", 15, None, NOW + seconds, 60.0, PER_MINUTE),),
+        scope="minute",
+        reason="429 rate limit (requests per minute)",
+    )
+
+
+def test_gemini_token_quota_is_a_tokens_window() -> None:
+    fb = read(429, {}, gemini_429(TOKENS_PER_MINUTE, value="1000000"))
+    assert fb.windows == (Window("tokens", 1_000_000, None, NOW + 37, 60.0, TOKENS_PER_MINUTE),)
+    assert fb.reason == "429 rate limit (tokens per minute)"
+
+
+def test_gemini_daily_violation_wins_over_per_minute_ones() -> None:
+    fb = read(429, {}, gemini_429(TOKENS_PER_MINUTE, PER_MINUTE, DAILY))
+    assert (fb.verdict, fb.retry_at, fb.scope) == (Verdict.QUOTA_EXHAUSTED, GEMINI_DAY_END, "day")
+    assert [w.period for w in fb.windows] == [60.0, 60.0, 86_400.0]
+
+
+def test_gemini_429_without_details_reads_the_message() -> None:
+    body = [
+        {
+            "error": {
+                "code": 429,
+                "status": "RESOURCE_EXHAUSTED",
+                "message": "Resource exhausted. Please retry in 20.04466179s.",
+            }
+        }
+    ]
+    fb = read(429, {}, body)
+    assert (fb.verdict, fb.retry_at) == (Verdict.RATE_LIMITED, pytest.approx(NOW + 20.04466179))
+
+
+GEMINI_BAD_KEY = {
+    "error": {
+        "code": 400,
+        "message": "API key not valid. Please pass a valid API key.",
+        "status": "INVALID_ARGUMENT",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        ],
+    }
+}
+
+
+def test_gemini_invalid_key_comes_as_400_and_is_disabled() -> None:
+    assert read(400, {}, GEMINI_BAD_KEY) == Feedback(
+        Verdict.KEY_INVALID, None, reason="key rejected: API key not valid"
+    )
+    expired = {
+        "error": {
+            "code": 400,
+            "message": "API key expired. Please renew the API key.",
+            "status": "INVALID_ARGUMENT",
+        }
+    }
+    assert read(400, {}, expired).reason == "key rejected: API key expired"
+
+
+def test_gemini_403_about_the_key_disables_it_other_403s_do_not() -> None:
+    unregistered = {
+        "error": {
+            "code": 403,
+            "status": "PERMISSION_DENIED",
+            "message": "Method "
+            "doesn't allow unregistered callers (callers without established identity). "
+            "Please use API Key or other form of API consumer identity to call this API.",
+        }
+    }
+    assert read(403, {}, unregistered).verdict is Verdict.KEY_INVALID
+    suspended = {
+        "error": {
+            "code": 403,
+            "status": "PERMISSION_DENIED",
+            "message": "Permission denied: Consumer "
+            "'api_key:AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW' has been suspended.",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "CONSUMER_SUSPENDED",
+                }
+            ],
+        }
+    }
+    fb = read(403, {}, suspended)
+    assert fb == Feedback(Verdict.KEY_INVALID, None, reason="key rejected: API key suspended")
+    other = {
+        "error": {
+            "code": 403,
+            "status": "PERMISSION_DENIED",
+            "message": "You do not have permission to access the File abc123.",
+        }
+    }
+    assert read(403, {}, other) == Feedback(Verdict.OK, None)
+
+
+def test_gemini_usage() -> None:
+    meta = {"promptTokenCount": 8, "candidatesTokenCount": 12, "totalTokenCount": 20}
+    assert read(200, {}, {"candidates": [], "usageMetadata": meta}).tokens_used == 20
+    meta = {"promptTokenCount": 8, "candidatesTokenCount": 12, "thoughtsTokenCount": 30}
+    assert read(200, {}, {"usageMetadata": meta}).tokens_used == 50
+
+
+# -- IETF RateLimit headers and X-RateLimit ------------------------------------------------
+
+
+def test_ietf_structured_fields_give_one_window_per_policy() -> None:
+    headers = {
+        "RateLimit-Policy": '"burst";q=100;w=60, "daily";q=1000;w=86400, '
+        '"bytes";q=1000000;qu="content-bytes"',
+        "RateLimit": '"burst";r=50;t=30, "daily";r=0;t=3600',
+    }
+    assert read(200, headers).windows == (
+        Window("requests", 100, 50, NOW + 30, 60.0, "burst"),
+        Window("requests", 1000, 0, NOW + 3600, 86_400.0, "daily"),
+    )
+
+
+def test_ietf_policy_names_may_be_tokens_and_fields_may_be_split() -> None:
+    headers = httpx.Headers(
+        [
+            ("RateLimit-Policy", "burst;q=10;w=1"),
+            ("RateLimit-Policy", "hour;q=500;w=3600;pk=:cHsdsRa894=:"),
+            ("RateLimit", "burst;r=0;t=1"),
+            ("RateLimit", "hour;r=480;t=1200"),
+        ]
+    )
+    fb = read_feedback(429, headers, None, NOW)
+    assert fb.windows == (
+        Window("requests", 10, 0, NOW + 1, 1.0, "burst"),
+        Window("requests", 500, 480, NOW + 1200, 3600.0, "hour"),
+    )
+    assert (fb.verdict, fb.retry_at, fb.scope) == (Verdict.RATE_LIMITED, NOW + 1, None)
+
+
+def test_ietf_spent_daily_policy_on_429_is_a_spent_quota() -> None:
+    headers = {"RateLimit-Policy": '"daily";q=1000;w=86400', "RateLimit": '"daily";r=0;t=3600'}
+    assert read(429, headers) == Feedback(
+        Verdict.QUOTA_EXHAUSTED,
+        NOW + 3600,
+        windows=(Window("requests", 1000, 0, NOW + 3600, 86_400.0, "daily"),),
+        scope="day",
+        reason="daily quota exhausted (requests per day)",
+    )
+
+
+def test_ietf_older_form() -> None:
+    headers = {
+        "RateLimit-Limit": "100",
+        "RateLimit-Remaining": "50",
+        "RateLimit-Reset": "30",
+        "RateLimit-Policy": "10;w=1, 100;w=60",
+    }
+    assert read(200, headers).windows == (Window("requests", 100, 50, NOW + 30, 60.0),)
+
+
+@pytest.mark.parametrize(
+    ("reset", "expected"),
+    [("30", NOW + 30), ("1718896200", 1_718_896_200.0), ("1718896200000", 1_718_896_200.0)],
+)
+def test_x_ratelimit_reset_is_seconds_or_an_epoch(reset: str, expected: float) -> None:
+    headers = {"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
+    fb = read(200, headers)
+    assert fb == Feedback(Verdict.OK, None, windows=(Window("requests", 60, 0, expected, None),))
+
+
+# -- any provider ---------------------------------------------------------------------------
+
+
+def test_429_without_any_advice_leaves_the_backoff_to_the_limiter() -> None:
+    assert read(429, {}, {"detail": "Too Many Requests"}) == Feedback(
+        Verdict.RATE_LIMITED, None, reason="429 rate limit"
+    )
+
+
+def test_any_401_disables_the_key_without_quoting_the_answer() -> None:
+    fb = read(401, {}, {"detail": "token abc123secretvalue0000 is revoked"})
+    assert fb == Feedback(Verdict.KEY_INVALID, None, reason="key rejected (HTTP 401)")
+
+
+@pytest.mark.parametrize("status", [200, 201, 204, 304, 400, 404, 409, 422, 500, 502])
+def test_answers_that_say_nothing_about_the_key_are_ok(status: int) -> None:
+    assert read(status, {"Retry-After": "10"}, {"error": {"message": "nope"}}).verdict is Verdict.OK
+
+
+def test_5xx_passes_the_providers_retry_after_on() -> None:
+    assert read(503, {"Retry-After": "10"}) == Feedback(
+        Verdict.OK, NOW + 10, reason="provider overloaded (HTTP 503)"
+    )
+    assert read(500, {"Retry-After": "10"}) == Feedback(Verdict.OK, NOW + 10)
+    assert read(404, {"Retry-After": "10"}) == Feedback(Verdict.OK, None)
+
+
+def test_spent_window_on_a_success_is_information_not_a_verdict() -> None:
+    headers = {
+        "x-ratelimit-limit-requests": "60",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "1s",
+    }
+    assert read(200, headers) == Feedback(
+        Verdict.OK, None, windows=(Window("requests", 60, 0, NOW + 1, 60.0, "requests"),)
+    )
+
+
+def test_header_names_are_read_case_insensitively_from_any_mapping() -> None:
+    mixed = {
+        "X-RateLimit-Limit-Requests": "60",
+        "X-RATELIMIT-REMAINING-REQUESTS": "59",
+        "retry-AFTER": "3",
+    }
+    from_dict = read_feedback(429, mixed, None, NOW)
+    assert from_dict == read_feedback(429, httpx.Headers(mixed), None, NOW)
+    assert from_dict.retry_at == NOW + 3
+    assert from_dict.windows == (Window("requests", 60, 59, None, 60.0, "requests"),)
+
+
+def test_a_json_body_given_as_text_is_parsed() -> None:
+    fb = read(
+        401, {}, '{"message": "Bad credentials", "documentation_url": "https://docs.github.com"}'
+    )
+    assert fb.reason == "key rejected: Bad credentials"
+    assert read(403, {"x-ratelimit-resource": "core"}, "secondary rate limit").scope == "secondary"
+
+
+def test_reasons_never_carry_a_key_like_code() -> None:
+    body = gemini_429("AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW")
+    body["error"]["details"][0]["violations"][0]["quotaMetric"] = "sk-proj-Abc123Def456Ghi789Jkl"
+    fb = read(429, {}, body)
+    assert fb.reason == "429 rate limit" and fb.windows[0].name is None
+    for secret in ("ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8", "tok-7fQ2x9LmA4pZ8rT1vB6nK3"):
+        assert read(401, {}, {"error": {"code": secret}}).reason == "key rejected (HTTP 401)"
+    assert read(401, {}, {"error": {"code": "invalid_api_key"}}).reason == (
+        "key rejected: invalid_api_key"
+    )
+
+
+ODD_BODIES: list[Any] = [
+    None,
+    "",
+    "not json",
+    "[1, 2",
+    "null",
+    "[]",
+    [],
+    [1, "a"],
+    42,
+    3.5,
+    True,
+    {"error": None},
+    {"error": "boom"},
+    {"error": []},
+    {"error": {"details": "x"}},
+    {"error": {"details": [1, None]}},
+    {
+        "error": {
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": "x"},
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [None, {"quotaId": 5}],
+                },
+                {
+                    "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                    "retryDelay": {"seconds": "x"},
+                },
+            ],
+        }
+    },
+    {"error": {"message": 5, "code": ["rate_limit_exceeded"], "type": {}}},
+    {"usage": {"total_tokens": "many"}},
+    {"usage": {"prompt_tokens": -1, "completion_tokens": True}},
+    {"usage": []},
+    {"usageMetadata": {"totalTokenCount": 1e309}},
+    {"message": None},
+    '{"a": ' * 5000,
+]
+ODD_HEADERS: list[dict[str, str]] = [
+    {},
+    {"retry-after": "Fri, 99 Foo 2024 99:99:99 GMT", "retry-after-ms": "x"},
+    {
+        "x-ratelimit-limit-requests": "-1",
+        "x-ratelimit-remaining-tokens": "1e400",
+        "x-ratelimit-reset-tokens": "99999999999h",
+    },
+    {
+        "anthropic-ratelimit-tokens-reset": "2024-13-45T99:00:00Z",
+        "anthropic-ratelimit-requests-limit": "5.5",
+    },
+    {"x-ratelimit-reset": "-3", "x-ratelimit-remaining": "0", "x-ratelimit-resource": "core"},
+    {"ratelimit-policy": '";;,,"q=;w', "ratelimit": ',,;;"unterminated;r=1;t=x'},
+    {"ratelimit-policy": ";w=60, ;", "ratelimit": "=;=", "ratelimit-limit": ", ;"},
+    {"ratelimit-limit": "abc", "ratelimit-remaining": "", "ratelimit-reset": "Tue, 31 Feb"},
+]
+
+
+@pytest.mark.parametrize("headers", ODD_HEADERS)
+@pytest.mark.parametrize("body", ODD_BODIES)
+def test_malformed_answers_never_raise(headers: dict[str, str], body: Any) -> None:
+    for status in (200, 400, 401, 403, 429, 503):
+        fb = read_feedback(status, headers, body, NOW)
+        assert isinstance(fb.verdict, Verdict)
+        assert all(w.reset_at is None or w.reset_at == w.reset_at for w in fb.windows)  # no NaN
+
+
+def test_random_junk_never_raises() -> None:
+    rng = random.Random(20240620)
+    atoms: list[Any] = [
+        None,
+        True,
+        -1,
+        0,
+        7,
+        1e9,
+        float("nan"),
+        "",
+        "0",
+        "1s",
+        "429",
+        "tokens",
+        "PerDay",
+        "rate limit",
+        "API key",
+        "RESOURCE_EXHAUSTED",
+        "rate_limit_exceeded",
+    ]
+    keys = [
+        "error",
+        "message",
+        "code",
+        "type",
+        "status",
+        "details",
+        "violations",
+        "@type",
+        "quotaId",
+        "quotaValue",
+        "retryDelay",
+        "usage",
+        "total_tokens",
+        "usageMetadata",
+    ]
+
+    def junk(depth: int) -> Any:
+        if depth == 0 or rng.random() < 0.3:
+            return rng.choice(atoms)
+        if rng.random() < 0.5:
+            return [junk(depth - 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(keys): junk(depth - 1) for _ in range(rng.randint(0, 4))}
+
+    names = [
+        "retry-after",
+        "x-ratelimit-reset-tokens",
+        "ratelimit",
+        "x-ratelimit-remaining",
+        "anthropic-ratelimit-requests-reset",
+        "x-ratelimit-resource",
+    ]
+    for _ in range(2000):
+        headers = {rng.choice(names): str(rng.choice(atoms)) for _ in range(rng.randint(0, 4))}
+        read_feedback(rng.choice([200, 401, 403, 429, 529]), headers, junk(5), NOW)
