@@ -328,12 +328,11 @@ class Engine:
 
     async def _feed(self) -> None:
         """Keep the queue stocked from the store until the work is done or a stop."""
-        target = self._target
         while self._stopping is None:
             if self.max_items is not None and self._taken >= self.max_items:
                 self._stopping = "max-items"
                 break
-            room = target - self._queue.qsize()
+            room = self._target - self._queue.qsize()
             if room < self._low_water:
                 await self._wait_progress(0.5)
                 continue
@@ -450,27 +449,44 @@ class Engine:
         self._set_target(len(self._workers) - self._retire)
 
     async def _autoscale(self) -> None:
-        """Grow workers until the keys are the bound (Little's law finds itself)."""
+        """Grow workers until the keys are the bound (Little's law finds itself).
+
+        Every half second: if every request was admitted at once, every worker is busy and
+        no 429 came back, the keys have room the workers cannot fill: grow by half. 429s
+        mean the provider is the bound already: shrink by a quarter. Many workers only
+        waiting for slots: hand a tenth back.
+        """
         assert self.job.keys is not None
         limiter = self.job.keys.limiter
-        crowded = 0
+        crowded, rejected = 0, limiter.rejections
         while self._stopping is None:
             await asyncio.sleep(AUTOSCALE_EVERY)
             workers = len(self._workers) - self._retire
-            if limiter.waiting == 0 and self._in_flight >= 0.9 * workers and self._queue.qsize():
-                # Every request was admitted at once and every worker is busy: the keys
-                # have room the workers cannot fill. Grow by half.
+            new_rejections, rejected = limiter.rejections - rejected, limiter.rejections
+            if new_rejections and workers > AUTO_START:
+                self._shrink(workers, max(1, workers // 4))
+                crowded = 0
+            elif (
+                not new_rejections
+                and limiter.waiting == 0
+                and self._in_flight >= 0.9 * workers
+                and self._queue.qsize()
+            ):
                 self._spawn(min(max(2, workers // 2), self.max_concurrency - workers))
                 crowded = 0
             elif limiter.waiting > max(4, workers // 2):
                 crowded += 1
                 if crowded >= 8 and workers > AUTO_START:
-                    # Many workers only wait for slots: hand some items back to the queue.
-                    self._retire += max(1, workers // 10)
-                    self._set_target(workers - workers // 10)
+                    self._shrink(workers, max(1, workers // 10))
                     crowded = 0
             else:
                 crowded = 0
+
+    def _shrink(self, workers: int, by: int) -> None:
+        by = min(by, workers - AUTO_START)
+        if by > 0:
+            self._retire += by  # workers leave after their current item
+            self._set_target(workers - by)
 
     async def _attempt(
         self, item: Item, http: PoolClient

@@ -131,7 +131,9 @@ def read_feedback(
         *_x_ratelimit_windows(h, now, github),
         *_ietf_windows(h, now),
     )
-    answer = _Answer(status, h, error, message, github, windows, _retry_after(h, now), now)
+    # google.rpc RetryInfo counts as much as a Retry-After header, QuotaFailure or not.
+    retry_after = _retry_after(h, now) or _retry_info_at(error, now)
+    answer = _Answer(status, h, error, message, github, windows, retry_after, now)
     gemini, quota_windows = _judge_gemini(answer, day_resets_tz)
     answer = dataclasses.replace(answer, windows=(*windows, *quota_windows))
     verdict, retry_at, scope, reason = (
@@ -189,6 +191,12 @@ def _judge_billing(a: _Answer) -> _Judgement | None:
     codes = (a.error.get("code"), a.error.get("type"))
     code = next((c for c in ("insufficient_quota", "billing_error") if c in codes), None)
     return (Verdict.QUOTA_EXHAUSTED, None, None, f"quota exhausted: {code}") if code else None
+
+
+def _retry_info_at(error: Mapping[str, Any], now: float) -> float | None:
+    info = _details(error, "RetryInfo")
+    delay = _go_duration(str(info[0].get("retryDelay"))) if info else None
+    return None if delay is None else now + delay
 
 
 def _judge_gemini(a: _Answer, zone: str) -> tuple[_Judgement | None, tuple[Window, ...]]:

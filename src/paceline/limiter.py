@@ -55,7 +55,7 @@ class QuotaWait(PacelineError):
 class Group:
     """Keys sharing one set of meters (one key alone, or keys of one upstream account)."""
 
-    __slots__ = ("concurrency", "day", "gcra", "learned", "slowed_at", "tz", "waiters")
+    __slots__ = ("concurrency", "day", "gcra", "learned", "slowed_at", "tz")
 
     def __init__(self, limits: Sequence[Limit], tz: dt.tzinfo) -> None:
         self.tz = tz
@@ -65,8 +65,6 @@ class Group:
         self.day: list[DayMeter] = [DayMeter(lim, tz) for lim in limits if lim.daily]
         conc = [lim for lim in limits if lim.unit == "concurrent"]
         self.concurrency = ConcurrencyMeter(min(conc, key=lambda x: x.count)) if conc else None
-        # FIFO of requests waiting for a concurrency slot
-        self.waiters: deque[asyncio.Future[None]] = deque()
         self.learned: list[Limit] = []
         self.slowed_at = 0.0
 
@@ -80,6 +78,10 @@ class Group:
 
 def _units(meter: GcraMeter | DayMeter, cost: Cost) -> float:
     return float(cost.tokens if meter.limit.unit == "tokens" else cost.requests)
+
+
+def _full(group: Group) -> bool:
+    return group.concurrency is not None and group.concurrency.full
 
 
 @dataclass(slots=True)
@@ -104,8 +106,11 @@ class Limiter:
         self.stop_when_out_of_quota = False
         self.waiting = 0  # acquirers sleeping for a slot now
         self.waited = 0  # acquirers that had to wait, ever
+        self.rejections = 0  # 429s, ever (the engine's autoscaler watches it)
         self._closed = asyncio.Event()
         self._next = 0
+        # FIFO of requests waiting for a concurrency slot on any key
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     # -- acquiring ---------------------------------------------------------------------
 
@@ -136,16 +141,17 @@ class Limiter:
         return at
 
     def _best(self, cost: Cost, now: float) -> tuple[Key | None, float]:
-        best, best_at = None, math.inf
+        """The key that admits ``cost`` soonest, preferring keys with a free in-flight slot."""
+        best, best_rank = None, (True, math.inf)
         n = len(self.keys)
         for i in range(n):
             key = self.keys[(self._next + i) % n]
             if key.state == "disabled":
                 continue
-            at = self._ready_at(key, cost, now)
-            if at < best_at:
-                best, best_at = key, at
-        return best, best_at
+            rank = (_full(key.group), self._ready_at(key, cost, now))
+            if rank < best_rank:
+                best, best_rank = key, rank
+        return best, best_rank[1]
 
     async def acquire(self, cost: Cost) -> Lease:
         """Wait for the key that can send ``cost`` soonest, and its slot."""
@@ -161,20 +167,31 @@ class Limiter:
                 if key is None:
                     reasons = "; ".join(f"{k.masked}: {k.reason}" for k in self.keys if k.reason)
                     raise NoUsableKey(f"no usable key left ({reasons or 'all disabled'})")
-                if at - now > HORIZON:
+                if _full(key.group):  # every usable key has all its requests in flight
+                    waited = self._begin_wait(waited)
+                    await self._wait_turn()
+                    continue
+                day_later = any(m.ready_at(_units(m, cost), now) > now for m in key.group.day)
+                if at - now > HORIZON or (day_later and at > now):
+                    # Far ahead, or in a day not begun: look again then, reserving nothing
+                    # (a request counted today but sent tomorrow would escape both counts).
                     if self.stop_when_out_of_quota and self._all_out_of_quota(now):
                         raise QuotaWait(at)
                     waited = self._begin_wait(waited)
                     await self._sleep(min(at - now, HORIZON))
                     continue
-                for meter in key.group.meters():
-                    meter.reserve(_units(meter, cost), now)
+                # Reserve at the time the request is sent (a cooling key sends later than
+                # its meters would allow), so requests held back do not go as a burst.
+                for gcra in key.group.gcra:
+                    gcra.reserve(_units(gcra, cost), at)
+                for day in key.group.day:
+                    day.reserve(_units(day, cost), now)
                 self._next = (self.keys.index(key) + 1) % len(self.keys)
                 if at > now:
                     waited = self._begin_wait(waited)
                     try:
                         await self._sleep(at - now)
-                    except Stopping:
+                    except (Stopping, asyncio.CancelledError):
                         self._refund(key, cost)
                         raise
                     if key.state == "disabled" or key.until > self.clock.time():
@@ -182,9 +199,9 @@ class Limiter:
                         continue
                 group = key.group
                 if group.concurrency is not None:
-                    while group.concurrency.full:
-                        waited = self._begin_wait(waited)
-                        await self._wait_turn(group)
+                    if group.concurrency.full:  # taken while we slept: choose again
+                        self._refund(key, cost)
+                        continue
                     group.concurrency.in_flight += 1
                 key.requests += cost.requests
                 key.tokens += cost.tokens
@@ -193,19 +210,31 @@ class Limiter:
             if waited:
                 self.waiting -= 1
 
-    async def _wait_turn(self, group: Group) -> None:
+    async def _wait_turn(self) -> None:
+        """Wait until some key's in-flight slot is released."""
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        group.waiters.append(turn)
+        self._waiters.append(turn)
         closed = asyncio.ensure_future(self._closed.wait())
         try:
             waiters: list[asyncio.Future[Any]] = [turn, closed]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if turn.done():
+                self._wake_one()  # woken but gone: the next waiter gets the slot
+            raise
         finally:
             closed.cancel()
             if not turn.done():
                 turn.cancel()
         if self._closed.is_set():
             raise Stopping("stopping")
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                break
 
     def _begin_wait(self, waited: bool) -> bool:
         if not waited:
@@ -240,11 +269,7 @@ class Limiter:
         group = lease.key.group
         if group.concurrency is not None:
             group.concurrency.in_flight -= 1
-            while group.waiters:
-                turn = group.waiters.popleft()
-                if not turn.done():
-                    turn.set_result(None)
-                    break
+            self._wake_one()
 
     # -- learning ----------------------------------------------------------------------
 
@@ -265,6 +290,7 @@ class Limiter:
                 key.state = "ready"
             self._recover(group, now)
         elif verdict is Verdict.RATE_LIMITED:
+            self.rejections += 1
             key.rate_limited += 1
             key.consecutive_429 += 1
             self._refund(key, lease.cost)  # a refused request spends nothing upstream
@@ -277,21 +303,27 @@ class Limiter:
             key.rate_limited += 1
             self._refund(key, lease.cost)
             until = feedback.retry_at if feedback.retry_at is not None else math.inf
-            for meter in group.day:
-                meter.exhaust_until(until)
+            if feedback.scope in (None, "day"):  # an hour's quota leaves the day's alone
+                for meter in group.day:
+                    meter.exhaust_until(until)
+            already = key.state in ("parked", "disabled") and key.until >= until
             self._cool(key, until, "parked")
             key.reason = feedback.reason or "quota exhausted"
-            self.on_event(f"key {key.masked} parked: {key.reason}")
+            if not already:  # once, not once per request that was in flight
+                self.on_event(f"key {key.masked} parked: {key.reason}")
         elif verdict is Verdict.KEY_INVALID:
             key.errors += 1
-            key.state = "disabled"
-            key.reason = feedback.reason or "rejected by the provider"
-            self.on_event(f"key {key.masked} disabled for this run: {key.reason}")
+            if key.state != "disabled":  # several answers may say so at once: tell once
+                key.state = "disabled"
+                key.reason = feedback.reason or "rejected by the provider"
+                self.on_event(f"key {key.masked} disabled for this run: {key.reason}")
         self._learn(key, feedback.windows, now)
 
     def _cool(self, key: Key, until: float, state: str) -> None:
         if key.state == "disabled":
             return
+        if key.state == "parked" and state == "cooling" and key.until >= until:
+            return  # a short rest does not end a longer park
         key.until = max(key.until, until) if key.state == state else until
         key.state = state
 
@@ -302,11 +334,12 @@ class Limiter:
         group.slowed_at = now
 
     def _recover(self, group: Group, now: float) -> None:
-        for meter in group.gcra:
-            if meter.factor < 1.0:
-                gained = (now - group.slowed_at) / RECOVERY
-                meter.factor = min(1.0, meter.factor + gained * (1 - MIN_FACTOR))
-                group.slowed_at = now
+        gained = (now - group.slowed_at) / RECOVERY
+        slowed = [meter for meter in group.gcra if meter.factor < 1.0]
+        for meter in slowed:  # every slowed meter, each by the whole time since
+            meter.factor = min(1.0, meter.factor + gained * (1 - MIN_FACTOR))
+        if slowed:
+            group.slowed_at = now
 
     def _learn(self, key: Key, windows: Sequence[Window], now: float) -> None:
         group = key.group
@@ -341,6 +374,6 @@ class Limiter:
 
 
 def _same_window(limit: Limit, window: Window) -> bool:
-    if window.period is None:
-        return True
+    if window.period is None:  # which window is it? Only the one with that very count.
+        return window.limit is not None and window.limit == limit.count
     return abs(limit.seconds - window.period) <= 0.1 * max(limit.seconds, window.period)

@@ -93,7 +93,7 @@ class Limit:
         if self.unit == "concurrent":
             return f"{self.count} concurrent"
         for name, size in (("day", 86400.0), ("hour", 3600.0), ("minute", 60.0), ("s", 1.0)):
-            if self.seconds % size == 0:
+            if self.seconds > 0 and self.seconds % size == 0:
                 n = int(self.seconds // size)
                 window = name if n == 1 else f"{n}{name[0] if name != 's' else 's'}"
                 break
@@ -108,6 +108,8 @@ def parse_limit(text: str | Limit) -> Limit:
     ``"8 concurrent"``."""
     if isinstance(text, Limit):
         return text
+    if not isinstance(text, str):
+        text = repr(text)  # a number or a list where a limit's text belongs
     if m := _CONCURRENT.match(text):
         return Limit(int(m["count"]), 0.0, "concurrent")
     m = _LIMIT.match(text)

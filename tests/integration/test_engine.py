@@ -151,8 +151,12 @@ async def test_a_limit_announced_in_headers_is_learned_before_any_429(
 ) -> None:
     first, second = "sk-first-000000000000000001", "sk-second-00000000000000002"
     sim = sim_server(latency="0", keys={first: KeyLimits(rpm=1), second: KeyLimits(rpm=100)})
-    job = pl.Job("learn", source=[{"id": str(n)} for n in range(5)],
-                 keys=pl.KeyPool([first, second]), retries=0)
+    job = pl.Job(
+        "learn",
+        source=[{"id": str(n)} for n in range(5)],
+        keys=pl.KeyPool([first, second]),
+        retries=0,
+    )
 
     @job.task
     async def work(item: pl.Item, ctx: pl.Context) -> None:
@@ -267,3 +271,31 @@ async def test_when_every_key_is_rejected_the_run_stops_and_says_why(
     db.close()
     assert counts.get("running", 0) == 0  # nothing left claimed: the next run takes all
     assert sum(counts.values()) == 20
+
+
+async def test_concurrency_grows_until_the_keys_limits_are_the_bound(
+    tmp_path: Path, sim_server: SimFactory
+) -> None:
+    # 4 keys × 120/minute = 8 requests/s, each answer takes 2 s: ~16 requests must be in
+    # flight (Little's law), twice the 8 workers a run starts with. Nobody sets a number.
+    sim = sim_server(latency="fixed:2")
+    keys = pl.KeyPool([f"sk-little-law-{n:014d}" for n in range(4)], rpm=120)
+    peak_in_flight = 0
+    in_flight = 0
+    job = pl.Job("auto", source=[{"id": str(n)} for n in range(80)], keys=keys)
+
+    @job.task
+    async def work(item: pl.Item, ctx: pl.Context) -> None:
+        nonlocal in_flight, peak_in_flight
+        in_flight += 1
+        peak_in_flight = max(peak_in_flight, in_flight)
+        try:
+            body = {"model": "m", "messages": [{"role": "user", "content": item.id}]}
+            (await ctx.http.post(f"{sim.url}/v1/chat/completions", json=body)).raise_for_status()
+        finally:
+            in_flight -= 1
+
+    result = await job.run_async(store=tmp_path / "s.db")
+    assert (result.exit_code, result.snapshot.done) == (0, 80)
+    assert peak_in_flight >= 16
+    assert sum(k["rate_limited"] for k in result.snapshot.keys) == 0

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from paceline.clock import FakeClock
 from paceline.errors import ConfigError
+from paceline.feedback import Feedback, Verdict
 from paceline.keys import Cost, Key, KeyPool, NoUsableKey
+from paceline.limiter import Lease
 
 LONG = "sk-live-0123456789abcdef"
 SHORT = "zq-short-key"
@@ -147,12 +150,29 @@ def test_from_env_passes_auth_on() -> None:
     assert pool.headers_and_params(pool.keys[0]) == ({}, {"api_key": "k"})
 
 
-# -- acquire and record ------------------------------------------------------------------
+# -- acquire, settle and release ---------------------------------------------------------
+
+
+def rate_limited(retry_at: float) -> Feedback:
+    return Feedback(Verdict.RATE_LIMITED, retry_at, reason="429 rate limit")
+
+
+INVALID = Feedback(Verdict.KEY_INVALID, None, reason="key rejected (HTTP 401)")
+
+
+async def lease_on(pool: KeyPool, secret: str) -> Lease:
+    """A lease on the key ``secret`` (keys without limits are handed out in turn)."""
+    for _ in range(len(pool.keys)):
+        lease = await pool.acquire()
+        pool.release(lease)
+        if lease.key.secret == secret:
+            return lease
+    raise AssertionError(f"no lease on {secret}")
 
 
 async def test_acquire_round_robins_across_keys() -> None:
     pool = KeyPool(["ka", "kb", "kc"], clock=FakeClock())
-    picked = [(await pool.acquire()).secret for _ in range(7)]
+    picked = [(await pool.acquire()).key.secret for _ in range(7)]
     assert picked == ["ka", "kb", "kc", "ka", "kb", "kc", "ka"]
 
 
@@ -160,14 +180,17 @@ async def test_a_429_cools_that_key_for_its_retry_after() -> None:
     clock = FakeClock()
     pool = KeyPool(["ka", "kb", "kc"], clock=clock)
     kb = pool.keys[1]
-    pool.record(kb, 429, retry_after=10)
+    pool.settle(await lease_on(pool, "kb"), rate_limited(clock.time() + 10))
     assert kb.state == "cooling"
 
-    assert "kb" not in [(await pool.acquire()).secret for _ in range(6)]
+    assert "kb" not in [(await pool.acquire()).key.secret for _ in range(6)]
     clock.advance(9.9)
-    assert "kb" not in [(await pool.acquire()).secret for _ in range(6)]
+    assert "kb" not in [(await pool.acquire()).key.secret for _ in range(6)]
     clock.advance(0.1)
-    assert "kb" in [(await pool.acquire()).secret for _ in range(3)]
+    leases = [await pool.acquire() for _ in range(3)]
+    assert "kb" in [lease.key.secret for lease in leases]
+    assert kb.describe_state(clock.time()) == "ready"
+    pool.settle(next(x for x in leases if x.key is kb), Feedback(Verdict.OK, None))
     assert kb.state == "ready"
     assert kb.rate_limited == 1
 
@@ -175,8 +198,8 @@ async def test_a_429_cools_that_key_for_its_retry_after() -> None:
 async def test_acquire_waits_for_the_first_key_to_cool_down_when_all_are_cooling() -> None:
     clock = FakeClock()
     pool = KeyPool(["ka", "kb"], clock=clock)
-    pool.record(pool.keys[0], 429, retry_after=30)
-    pool.record(pool.keys[1], 429, retry_after=5)
+    pool.settle(await lease_on(pool, "ka"), rate_limited(clock.time() + 30))
+    pool.settle(await lease_on(pool, "kb"), rate_limited(clock.time() + 5))
 
     waiting = asyncio.create_task(pool.acquire())
     await settle()
@@ -185,39 +208,90 @@ async def test_acquire_waits_for_the_first_key_to_cool_down_when_all_are_cooling
     await settle()
     assert not waiting.done()
     clock.advance(1)
-    key = await asyncio.wait_for(waiting, timeout=1)
-    assert key.secret == "kb"
+    lease = await asyncio.wait_for(waiting, timeout=1)
+    assert lease.key.secret == "kb"
 
 
 async def test_a_401_disables_the_key_for_good() -> None:
     clock = FakeClock()
     pool = KeyPool(["ka", "kb"], clock=clock)
-    pool.record(pool.keys[0], 401, retry_after=None)
+    pool.settle(await lease_on(pool, "ka"), INVALID)
     clock.advance(3600)
-    assert {(await pool.acquire()).secret for _ in range(4)} == {"kb"}
+    assert {(await pool.acquire()).key.secret for _ in range(4)} == {"kb"}
     assert [k.secret for k in pool.usable()] == ["kb"]
     assert pool.keys[0].errors == 1
+    assert pool.keys[0].state == "disabled"
 
 
 async def test_acquire_raises_no_usable_key_once_every_key_is_disabled() -> None:
     pool = KeyPool(["ka", "kb"], clock=FakeClock())
-    for key in pool.keys:
-        pool.record(key, 401, retry_after=None)
+    for secret in ("ka", "kb"):
+        pool.settle(await lease_on(pool, secret), INVALID)
     with pytest.raises(NoUsableKey):
         await pool.acquire()
     assert issubclass(NoUsableKey, ConfigError)
 
 
 async def test_usage_since_last_reports_what_changed_since_the_previous_call() -> None:
-    pool = KeyPool(["ka", "kb"], clock=FakeClock())
+    clock = FakeClock()
+    pool = KeyPool(["ka", "kb"], clock=clock)
     ka, kb = pool.keys
-    await pool.acquire(Cost(tokens=100))  # ka
-    await pool.acquire(Cost(tokens=40))  # kb
-    await pool.acquire(Cost(tokens=10))  # ka
-    pool.record(kb, 429, retry_after=1)
-    pool.record(ka, 500, retry_after=None)
+    first = await pool.acquire(Cost(tokens=100))  # ka
+    second = await pool.acquire(Cost(tokens=40))  # kb
+    third = await pool.acquire(Cost(tokens=10))  # ka
+    assert (first.key, second.key, third.key) == (ka, kb, ka)
+    pool.settle(first, Feedback(Verdict.OK, None, tokens_used=130))  # the answer's usage
+    pool.settle(second, rate_limited(clock.time() + 1))
+    pool.settle(third, INVALID)
+    for lease in (first, second, third):
+        pool.release(lease)
 
-    assert pool.usage_since_last() == [(ka, 2, 110, 0, 1), (kb, 1, 40, 1, 0)]
-    await pool.acquire()  # ka
-    assert pool.usage_since_last() == [(ka, 1, 0, 0, 0), (kb, 0, 0, 0, 0)]
+    assert pool.usage_since_last() == [(ka, 2, 140, 0, 1), (kb, 1, 40, 1, 0)]
+    clock.advance(1)
+    assert (await pool.acquire()).key is kb  # ka is disabled now
+    assert pool.usage_since_last() == [(ka, 0, 0, 0, 0), (kb, 1, 0, 0, 0)]
     assert pool.usage_since_last() == [(ka, 0, 0, 0, 0), (kb, 0, 0, 0, 0)]
+
+
+async def test_a_lease_carries_its_key_cost_and_send_time() -> None:
+    clock = FakeClock()
+    pool = KeyPool(["ka"], clock=clock)
+    lease = await pool.acquire(Cost(requests=2, tokens=300))
+    assert lease.key is pool.keys[0]
+    assert lease.cost == Cost(requests=2, tokens=300)
+    assert lease.sent_at == clock.time()
+    assert (lease.key.requests, lease.key.tokens) == (2, 300)
+    assert (await pool.acquire()).cost == Cost()  # one request, no tokens by default
+
+
+# -- limits ------------------------------------------------------------------------------
+
+
+def test_shorthands_and_general_limits_add_up() -> None:
+    pool = KeyPool(["ka"], rpm=500, tpm=200_000, rpd=1500, concurrency=8, limits=["60/3s"])
+    assert [limit.describe() for limit in pool.limits] == [
+        "60/3s",
+        "500/minute",
+        "200000 tokens/minute",
+        "1500/day",
+        "8 concurrent",
+    ]
+    assert pool.limited
+    assert not KeyPool(["ka"]).limited
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"limits": ["15 per fortnight"]}, "15 per fortnight"),
+        ({"day_resets": "Mars/Olympus"}, "Mars/Olympus"),
+        ({"rpm": 0}, "at least 1"),
+    ],
+)
+def test_a_bad_limit_option_is_a_config_error(options: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        KeyPool(["ka"], **options)
+
+
+def test_repeated_keys_are_kept_once() -> None:
+    assert secrets(KeyPool(["ka", "kb", "ka"])) == ["ka", "kb"]

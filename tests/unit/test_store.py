@@ -388,16 +388,30 @@ def test_acquire_run_ignores_a_run_whose_process_is_gone(
     assert (live.run_id, live.pid) == ("run-2", os.getpid())
 
 
-def test_acquire_run_ignores_a_run_whose_heartbeat_is_stale(
+def test_a_run_on_another_host_counts_as_gone_once_its_heartbeat_is_stale(
     two_stores: tuple[SQLiteStore, SQLiteStore],
 ) -> None:
     first, second = two_stores
-    first.acquire_run("run-1", NOW, STALE_AFTER)  # this very (live) process
+    first.acquire_run("run-1", NOW, STALE_AFTER)
+    first.db.execute("UPDATE runs SET host='another-host'")  # its pid means nothing here
     first.heartbeat("run-1", NOW + 100, {})
+    with pytest.raises(JobAlreadyRunning):
+        second.acquire_run("run-2", NOW + 100 + STALE_AFTER - 1, STALE_AFTER)
     second.acquire_run("run-2", NOW + 100 + STALE_AFTER + 1, STALE_AFTER)
     last = second.last_run()
     assert last is not None
     assert last.run_id == "run-2"
+
+
+def test_a_busy_run_on_this_host_holds_the_job_while_its_process_lives(
+    two_stores: tuple[SQLiteStore, SQLiteStore],
+) -> None:
+    # A run whose store thread is busy (a slow source or sink) may miss heartbeats; a
+    # second run must still be refused, or both would write the same items.
+    first, second = two_stores
+    first.acquire_run("run-1", NOW, STALE_AFTER)  # this very (live) process
+    with pytest.raises(JobAlreadyRunning):
+        second.acquire_run("run-2", NOW + 10 * STALE_AFTER, STALE_AFTER)
 
 
 # -- the counts table --------------------------------------------------------------------
