@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,12 @@ def retry(jobfile: Path, store: Path | None) -> int:
     db = SQLiteStore(path)
     try:
         db.bind_job(job.name)
+        live = db.live_run(time.time())
+        if live is not None:
+            raise click.UsageError(
+                f"the job is running (pid {live.pid} on {live.host}): "
+                "run `paceline retry` after it stops"
+            )
         n = db.retry_failed()
         left = db.counts().get("failed", 0)
     finally:

@@ -43,14 +43,17 @@ def write_documents(path: Path, count: int, seed: int = 7) -> None:
 
 
 def build_job(workdir: Path, base_url: str, n_keys: int) -> Job:
-    keys = KeyPool([f"sk-demo-{n:02d}-{'x' * 24}{n:04d}" for n in range(1, n_keys + 1)])
+    keys = KeyPool(
+        [f"sk-demo-{n:02d}-{'x' * 24}{n:04d}" for n in range(1, n_keys + 1)],
+        rpm=1200,
+        tpm=400_000,
+    )
     job = Job(
         "demo",
         source=JSONL(workdir / "documents.jsonl", id="doc_id"),
         sink=SQLiteSink(workdir / "results.db", table="summaries"),
         keys=keys,
         retries=6,
-        concurrency=24,
         http_timeout=10.0,
     )
 

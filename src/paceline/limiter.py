@@ -107,6 +107,7 @@ class Limiter:
         self.waiting = 0  # acquirers sleeping for a slot now
         self.waited = 0  # acquirers that had to wait, ever
         self.rejections = 0  # 429s, ever (the engine's autoscaler watches it)
+        self._told: set[str] = set()
         self._closed = asyncio.Event()
         self._next = 0
         # FIFO of requests waiting for a concurrency slot on any key
@@ -355,7 +356,9 @@ class Limiter:
                 else:
                     group.gcra.append(GcraMeter(limit))
                 group.learned.append(limit)
-                self.on_event(f"key {key.masked}: learned limit {limit.describe()}")
+                if limit.describe() not in self._told:  # once per limit, not once per key
+                    self._told.add(limit.describe())
+                    self.on_event(f"key {key.masked}: learned limit {limit.describe()}")
             for meter in matching:
                 if window.limit and window.limit < meter.limit.count:
                     # Configured higher than the provider allows: believe the provider.
