@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .clock import Clock
 from .errors import PacelineError
 from .feedback import Feedback, Verdict, Window
-from .limits import ConcurrencyMeter, Cost, DayMeter, GcraMeter, Limit
+from .limits import ConcurrencyMeter, Cost, DayMeter, GcraMeter, Limit, WindowMeter
 
 if TYPE_CHECKING:
     from .keys import Key
@@ -59,8 +59,10 @@ class Group:
 
     def __init__(self, limits: Sequence[Limit], tz: dt.tzinfo) -> None:
         self.tz = tz
-        self.gcra: list[GcraMeter] = [
-            GcraMeter(lim) for lim in limits if lim.unit != "concurrent" and not lim.daily
+        # Request limits pace as GCRA; token limits, where one request can be a large
+        # share of the window, as a log of reservations.
+        self.gcra: list[GcraMeter | WindowMeter] = [
+            _window_meter(lim) for lim in limits if lim.unit != "concurrent" and not lim.daily
         ]
         self.day: list[DayMeter] = [DayMeter(lim, tz) for lim in limits if lim.daily]
         conc = [lim for lim in limits if lim.unit == "concurrent"]
@@ -68,7 +70,7 @@ class Group:
         self.learned: list[Limit] = []
         self.slowed_at = 0.0
 
-    def meters(self) -> list[GcraMeter | DayMeter]:
+    def meters(self) -> list[GcraMeter | WindowMeter | DayMeter]:
         return [*self.gcra, *self.day]
 
     @property
@@ -76,7 +78,11 @@ class Group:
         return bool(self.gcra or self.day or self.concurrency)
 
 
-def _units(meter: GcraMeter | DayMeter, cost: Cost) -> float:
+def _window_meter(limit: Limit) -> GcraMeter | WindowMeter:
+    return WindowMeter(limit) if limit.unit == "tokens" else GcraMeter(limit)
+
+
+def _units(meter: GcraMeter | WindowMeter | DayMeter, cost: Cost) -> float:
     return float(cost.tokens if meter.limit.unit == "tokens" else cost.requests)
 
 
@@ -354,7 +360,7 @@ class Limiter:
                 if limit.daily:
                     group.day.append(DayMeter(limit, group.tz))
                 else:
-                    group.gcra.append(GcraMeter(limit))
+                    group.gcra.append(_window_meter(limit))
                 group.learned.append(limit)
                 if limit.describe() not in self._told:  # once per limit, not once per key
                     self._told.add(limit.describe())
@@ -363,7 +369,7 @@ class Limiter:
                 if window.limit and window.limit < meter.limit.count:
                     # Configured higher than the provider allows: believe the provider.
                     lowered = Limit(window.limit, meter.limit.seconds, meter.limit.unit)
-                    if isinstance(meter, GcraMeter):
+                    if isinstance(meter, (GcraMeter, WindowMeter)):
                         meter.set_limit(lowered)
                     else:
                         meter.limit = lowered

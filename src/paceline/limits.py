@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,6 +37,7 @@ __all__ = [
     "DayMeter",
     "GcraMeter",
     "Limit",
+    "WindowMeter",
     "day_start",
     "next_day_start",
     "parse_limit",
@@ -201,6 +203,90 @@ class GcraMeter:
     def exhaust_until(self, until: float) -> None:
         """The provider says nothing is left before ``until``."""
         self.tat = max(self.tat, until + self._capacity(1) - self.interval)
+
+
+#: Past a window's edge by this much, so a provider counting its window closed on both
+#: ends does not see the old request and the new one together.
+_EDGE = 0.001
+
+
+class WindowMeter:
+    """A sliding window kept as a log of reservations: for token limits.
+
+    One request may carry thousands of tokens, a large share of the limit; GCRA would then
+    either let a window hold the limit plus one request, or space requests by the largest
+    one. The log admits a request when the tokens reserved in the window ending at its send
+    time, plus its own, fit the limit: never more, and no slack lost.
+    """
+
+    __slots__ = ("entries", "factor", "limit", "total")
+
+    def __init__(self, limit: Limit) -> None:
+        self.limit = limit
+        self.entries: deque[list[float]] = deque()  # [send time, units], in time order
+        self.total = 0.0  # units in ``entries``
+        self.factor = 1.0  # as GcraMeter's; token windows are not slowed down
+
+    def set_limit(self, limit: Limit) -> None:
+        self.limit = limit
+
+    def _forget(self, now: float) -> None:
+        horizon = now - self.limit.seconds
+        entries = self.entries
+        while entries and entries[0][0] <= horizon:
+            self.total -= entries.popleft()[1]
+
+    def ready_at(self, cost: float, now: float) -> float:
+        """Earliest time (not before the last reservation) ``cost`` fits the window."""
+        self._forget(now)
+        entries, window = self.entries, self.limit.seconds
+        at = max(now, entries[-1][0]) if entries else now
+        total = self.total
+        i = 0
+        while i < len(entries) and entries[i][0] <= at - window:
+            total -= entries[i][1]
+            i += 1
+        # Slide the window's end forward past the oldest reservations until the cost fits
+        # (a request larger than the whole limit goes alone into an empty window).
+        while total + cost > self.limit.count and i < len(entries):
+            at = max(at, entries[i][0] + window + _EDGE)
+            total -= entries[i][1]
+            i += 1
+        return at
+
+    def reserve(self, cost: float, now: float) -> float:
+        at = self.ready_at(cost, now)
+        if cost > 0:
+            self.entries.append([at, cost])
+            self.total += cost
+        return at
+
+    def adjust(self, units: float) -> None:
+        """Settle the latest reservations up (more used) or down (fewer, or refused)."""
+        entries = self.entries
+        if units >= 0:
+            if entries:
+                entries[-1][1] += units
+                self.total += units
+            return
+        for entry in reversed(entries):
+            take = min(entry[1], -units)
+            entry[1] -= take
+            self.total -= take
+            units += take
+            if units >= 0:
+                break
+
+    def used(self, now: float) -> float:
+        self._forget(now)
+        return sum(units for at, units in self.entries if at <= now)
+
+    def exhaust_until(self, until: float) -> None:
+        """Nothing fits before ``until``: a full window's worth ending just then."""
+        start = until - self.limit.seconds
+        if not self.entries or self.entries[-1][0] <= start:
+            self.entries.append([start, float(self.limit.count)])
+            self.total += self.limit.count
 
 
 class DayMeter:
