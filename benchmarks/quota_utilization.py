@@ -128,6 +128,7 @@ class Measurement:
     waiting: list[float] = field(default_factory=list)  # paceline: waiting for a slot
     workers: list[int] = field(default_factory=list)
     per_second: list[float] = field(default_factory=list)  # ok/s, second by second
+    loop_lag: float = 0.0  # the client's longest event-loop stall in the window, seconds
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -150,29 +151,35 @@ def secrets_for(n: int, style: str) -> list[str]:
 
 @contextlib.contextmanager
 def simulator(style: str, keys: list[str], s: Settings) -> Iterator[str]:
-    """``paceline sim`` in its own process; yields its URL."""
+    """``paceline sim`` in its own process; yields its URL. Its stderr goes to a file (a
+    pipe nobody reads could fill up and block it) and is shown if the measurement fails."""
     limit = ["--rph", str(s.rate * 60)] if style == "github" else ["--rpm", str(s.rate)]
     cmd = [
         sys.executable, "-m", "paceline", "sim", "--port", "0", "--keys", ",".join(keys),
         *limit, "--latency", s.latency, "--seed", str(s.seed),
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if "serving on" not in line:
-            err = proc.stderr.read() if proc.stderr else ""
-            raise RuntimeError(f"paceline sim did not start: {line!r} {err[-500:]!r}")
-        url = line.split("serving on", 1)[1].split()[0]
-        yield url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if "serving on" not in line:
+                raise RuntimeError(f"paceline sim did not start: {line!r}")
+            yield line.split("serving on", 1)[1].split()[0]
+        except BaseException:
+            log.seek(0)
+            tail = log.read()[-2000:]
+            status = proc.poll()
+            print(f"paceline sim ({style}, exit status {status}) stderr:\n{tail}", file=sys.stderr)
+            raise
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 async def sim_stats(client: httpx.AsyncClient, url: str) -> tuple[float, dict[str, Any]]:
@@ -190,24 +197,44 @@ class Observer:
 
     def __init__(self, m: Measurement, url: str, s: Settings) -> None:
         self.m, self.url, self.s = m, url, s
+        self.in_window = False
 
     async def observe(self, sample: Any) -> None:
         """Warm up, measure the window; ``sample()`` returns (on wire, waiting, workers)."""
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await self._observe(sample)
+        finally:
+            ticker.cancel()
+
+    async def _tick(self) -> None:
+        # A client whose event loop is stuck (CPU-bound) cannot send: measure how long.
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.05)
+            if self.in_window:
+                self.m.loop_lag = max(self.m.loop_lag, time.monotonic() - before - 0.05)
+
+    async def _observe(self, sample: Any) -> None:
         m, s = self.m, self.s
-        async with httpx.AsyncClient(timeout=10) as client:
+        # A fresh connection per reading: a client stalled longer than the server's
+        # keep-alive timeout would otherwise send on a connection the server closed.
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=30, limits=fresh) as client:
             start = time.monotonic()
             last_t, last = await sim_stats(client, self.url)
             begin: tuple[float, dict[str, Any]] | None = None
             second = 1
             while True:
                 await asyncio.sleep(max(0.0, start + second - time.monotonic()))
-                second += 1
+                second = max(second + 1, int(time.monotonic() - start) + 1)
                 t, stats = await sim_stats(client, self.url)
                 m.per_second.append((stats["total"]["ok"] - last["total"]["ok"]) / (t - last_t))
                 last_t, last = t, stats
                 elapsed = t - start
                 if begin is None and elapsed >= s.warmup:
                     begin = (t, stats)
+                    self.in_window = True
                 elif begin is not None:
                     on_wire, waiting, workers = sample()
                     m.in_flight.append(on_wire)
@@ -215,6 +242,7 @@ class Observer:
                     m.workers.append(workers)
                     if elapsed >= s.warmup + s.window:
                         break
+        assert begin is not None
         (t0, a), (t1, b) = begin, (t, stats)
         m.ok_per_s = (b["total"]["ok"] - a["total"]["ok"]) / (t1 - t0)
         m.requests = b["total"]["requests"] - a["total"]["requests"]
@@ -389,15 +417,18 @@ def describe(m: Measurement) -> str:
     keys = " ".join(
         f"{k}:{c['ok']}ok/{c['rate_limited']}x429" for k, c in sorted(m.per_key.items())
     )
-    ramp = " ".join(f"{r:.0f}" for r in m.per_second[:12])
+    ramp = " ".join(f"{r:.0f}" for r in m.per_second)
     workers = f"{m.workers[0]}→{m.workers[-1]}" if m.workers else "?"
     extra = f"; notes: {m.notes[-3:]}" if m.notes else ""
+    if m.utilization > 1.0:
+        extra += "; ABOVE the limit: a burst was still being spent in the window"
     return (
         f"    {m.style:<9} {m.client:<8} {m.utilization:6.3f} of limit  "
         f"{m.ok_per_s:6.2f} ok/s  429 {m.share_429:6.2%} ({m.rate_limited}/{m.requests})  "
-        f"errors {m.errors}  in flight {wire:5.1f} (+{waiting:.1f} waiting)  workers {workers}\n"
+        f"errors {m.errors}  in flight {wire:5.1f} (+{waiting:.1f} waiting)  workers {workers}  "
+        f"loop stall max {m.loop_lag:.2f} s\n"
         f"      per key: {keys}\n"
-        f"      ok/s during the first seconds: {ramp}{extra}"
+        f"      ok/s second by second: {ramp}{extra}"
     )
 
 

@@ -24,6 +24,7 @@ import math
 import os
 import random
 import sqlite3
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -41,6 +42,7 @@ from .errors import ConfigError
 from .item import Item, Status
 from .keys import NoUsableKey
 from .limiter import QuotaWait, Stopping
+from .plan import capacity
 from .retry import classify
 from .sources import IterableSource, Position, Record
 from .store import IngestResult, KeyUsage, Outcome, SQLiteStore
@@ -202,6 +204,7 @@ class Engine:
         self._retire = 0
         self._notes: deque[str] = deque(maxlen=5)
         self._notes_total = 0
+        self._attempt_seconds = 0.0
         self._quota_until: float | None = None
 
     def _set_target(self, workers: int) -> None:
@@ -426,10 +429,16 @@ class Engine:
             if queue.qsize() < self._low_water:
                 self._progress.set()
             self._in_flight += 1
+            started = time.monotonic()
             try:
                 result = await self._attempt(item, http)
             finally:
                 self._in_flight -= 1
+            # moving average of how long an attempt takes, for the autoscaler
+            took = time.monotonic() - started
+            if self._attempt_seconds == 0:
+                self._attempt_seconds = took
+            self._attempt_seconds += 0.05 * (took - self._attempt_seconds)
             if result is None:
                 return  # the item stays claimed and is handed back when the run closes
             self._results.append(result)
@@ -472,7 +481,8 @@ class Engine:
                 and self._in_flight >= 0.9 * workers
                 and self._queue.qsize()
             ):
-                self._spawn(min(max(2, workers // 2), self.max_concurrency - workers))
+                ceiling = min(self.max_concurrency, self._useful_workers())
+                self._spawn(max(0, min(max(2, workers // 2), ceiling - workers)))
                 crowded = 0
             elif limiter.waiting > max(4, workers // 2):
                 crowded += 1
@@ -481,6 +491,22 @@ class Engine:
                     crowded = 0
             else:
                 crowded = 0
+
+    def _useful_workers(self) -> int:
+        """Little's law: items in flight = item rate the keys allow × time per item.
+
+        Half again as many, for the spread of latencies; no bound when the keys' limits
+        are unknown (then 429s and waits are the signal).
+        """
+        pool = self.job.keys
+        assert pool is not None
+        per_minute = capacity(pool).per_minute
+        finished = self._done_run + self._failed_run
+        if math.isinf(per_minute) or not finished or self._attempt_seconds <= 0:
+            return self.max_concurrency
+        requests = sum(k.requests for k in pool.keys)
+        per_item = max(1.0, requests / finished)
+        return math.ceil(per_minute / 60 / per_item * self._attempt_seconds * 1.5) + 2
 
     def _shrink(self, workers: int, by: int) -> None:
         by = min(by, workers - AUTO_START)

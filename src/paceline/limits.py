@@ -11,7 +11,8 @@ meter on a key (or on a group of keys sharing one upstream quota):
   shorter limits allow, not spread evenly over the day;
 * ``N concurrent``: a count of requests in flight.
 
-The GCRA meters allow a small burst (1 % of the limit, at least one request) and space
+The GCRA meters allow a small burst (1 % of the limit, at most a second's worth, at
+least one request) and space
 requests so that no window of the limit's length ever holds more than the limit: with a
 burst of *b*, the emission interval is ``window / (limit - b + 1)``.
 
@@ -148,6 +149,14 @@ def next_day_start(now: float, tz: dt.tzinfo) -> float:
     return dt.datetime(local.year, local.month, local.day, tzinfo=tz).timestamp()
 
 
+def default_burst(limit: Limit) -> int:
+    """1 % of the limit, and no more than one second's worth of its rate: small enough
+    that a provider enforcing the limit over shorter spans (as OpenAI does) sees no
+    spike, large enough to cost under 1 % of the rate."""
+    per_second = math.ceil(limit.count / limit.seconds)
+    return max(1, min(1 + limit.count // 100, per_second))
+
+
 class GcraMeter:
     """A sliding limit as GCRA: reserve now, send at the returned time.
 
@@ -159,7 +168,7 @@ class GcraMeter:
 
     def __init__(self, limit: Limit, burst: int | None = None) -> None:
         self.limit = limit
-        default = 1 + limit.count // 100
+        default = default_burst(limit)
         self.burst = max(1, min(limit.count, default if burst is None else burst))
         self.tat = 0.0  # theoretical arrival time: when the meter is "empty" again
         self.factor = 1.0
@@ -167,7 +176,7 @@ class GcraMeter:
     def set_limit(self, limit: Limit) -> None:
         """Replace the limit (learned from the provider), keeping what is reserved."""
         self.limit = limit
-        self.burst = max(1, min(self.burst, 1 + limit.count // 100))
+        self.burst = max(1, min(self.burst, default_burst(limit)))
 
     @property
     def interval(self) -> float:
