@@ -29,7 +29,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -58,6 +58,7 @@ INGEST_CHUNK = 2_000
 AUTO_START = 8
 FIXED_DEFAULT = 16  # workers when there is no key pool to size them by
 AUTOSCALE_EVERY = 0.5
+EXPEDITE_EVERY = 0.5
 HEARTBEAT_EVERY = 1.0
 STALE_AFTER = 15.0
 
@@ -71,6 +72,7 @@ class Snapshot:
     done: int
     failed: int
     pending: int
+    skipped: int
     running: int
     retrying: int
     source_done: bool
@@ -202,6 +204,7 @@ class Engine:
         self._set_target(self.concurrency)
         self._workers: set[asyncio.Task[None]] = set()
         self._retire = 0
+        self._urgent: deque[Item] = deque()  # expedited items, taken before the queue
         self._notes: deque[str] = deque(maxlen=5)
         self._notes_total = 0
         self._attempt_seconds = 0.0
@@ -264,6 +267,7 @@ class Engine:
                 asyncio.create_task(self._ingest()),
                 asyncio.create_task(self._flusher()),
                 asyncio.create_task(self._heartbeat()),
+                asyncio.create_task(self._expedite()),
             ]
             if self.auto and job.keys is not None and job.keys.limited:
                 helpers.append(asyncio.create_task(self._autoscale()))
@@ -401,6 +405,7 @@ class Engine:
             while remaining and not hard.done():
                 if deadline is None and self._stopping not in (None, "max-items"):
                     # Items claimed but not started go back to the store (on close).
+                    self._urgent.clear()
                     while not self._queue.empty():
                         self._queue.get_nowait()
                     for _ in remaining:
@@ -420,10 +425,22 @@ class Engine:
 
     # -- workers -----------------------------------------------------------------------
 
+    async def _expedite(self) -> None:
+        """Every half second, put expedited items (``paceline expedite``) first in line."""
+        while self._stopping is None:
+            await asyncio.sleep(EXPEDITE_EVERY)
+            items = await self._io_call(self.store.claim_expedited, self.run_id)
+            self._move("pending", "running", len(items))
+            for item in items:
+                if self._queue.empty():
+                    self._queue.put_nowait(item)  # workers wait on the queue: wake one
+                else:
+                    self._urgent.append(item)
+
     async def _worker(self, http: PoolClient) -> None:
         queue = self._queue
         while True:
-            item = await queue.get()
+            item = self._urgent.popleft() if self._urgent else await queue.get()
             if item is None:
                 return
             if queue.qsize() < self._low_water:
@@ -592,12 +609,13 @@ class Engine:
         try:
             records = self.job.source.read(position)
             while self._stopping is None:
-                chunk = await loop.run_in_executor(reader, _read_chunk, records)
+                chunk = await loop.run_in_executor(reader, self._read_chunk, records)
                 exhausted = len(chunk) < INGEST_CHUNK
                 after = chunk[-1].after if chunk else None
                 result = await self._io_call(self._store_chunk, chunk, after, exhausted)
                 self._counts["pending"] = self._counts.get("pending", 0) + result.inserted
                 self._counts["failed"] = self._counts.get("failed", 0) + result.invalid
+                self._counts["skipped"] = self._counts.get("skipped", 0) + result.skipped
                 self._duplicates += result.duplicates
                 for record in chunk:
                     if record.error is not None:
@@ -610,6 +628,27 @@ class Engine:
             self._fatal_stop(exc)
         finally:
             reader.shutdown(wait=False, cancel_futures=True)
+
+    def _read_chunk(self, records: Iterator[Record]) -> list[Record]:
+        """The next records, with the job's ``needs`` and ``priority`` applied (user code,
+        run here on the source thread)."""
+        chunk = list(itertools.islice(records, INGEST_CHUNK))
+        needs, priority = self.job.needs, self.job.priority
+        if needs is None and priority is None:
+            return chunk
+        out = []
+        for r in chunk:
+            if r.error is None and r.id is not None and r.data is not None:
+                item = Item(r.id, r.data)
+                try:
+                    skip = needs is not None and not needs(item)
+                    rank = float(priority(item)) if priority is not None else 0.0
+                except Exception as exc:
+                    r = replace(r, error=f"needs/priority raised {_describe(exc)}")
+                else:
+                    r = replace(r, skip=skip, priority=rank)
+            out.append(r)
+        return out
 
     def _store_chunk(
         self, chunk: list[Record], after: Position | None, exhausted: bool
@@ -763,7 +802,7 @@ class Engine:
     def snapshot(self) -> Snapshot:
         """The run's numbers now (cheap: no I/O)."""
         c = self._counts
-        done, failed = c.get("done", 0), c.get("failed", 0)
+        done, failed, skipped = c.get("done", 0), c.get("failed", 0), c.get("skipped", 0)
         retrying = c.get("retry", 0)
         running = self._in_flight
         pending = c.get("pending", 0) + retrying + c.get("running", 0) - running
@@ -777,10 +816,11 @@ class Engine:
         keys = [] if self.job.keys is None else self.job.keys.describe(self.clock.time())
         return Snapshot(
             job=self.job.name,
-            total=done + failed + pending + running,
+            total=done + failed + pending + running + skipped,
             done=done,
             failed=failed,
             pending=pending,
+            skipped=skipped,
             running=running,
             retrying=retrying,
             source_done=self._source_done,
@@ -801,10 +841,6 @@ class Engine:
             or (self.job.keys.limiter.quota_wait(self.clock.time()) if self.job.keys else None),
             workers=len(self._workers) - self._retire,
         )
-
-
-def _read_chunk(records: Iterator[Record]) -> list[Record]:
-    return list(itertools.islice(records, INGEST_CHUNK))
 
 
 def _sink_level(exc: BaseException) -> bool:

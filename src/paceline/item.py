@@ -10,13 +10,15 @@ __all__ = ["Item", "Status"]
 
 
 class Status(enum.StrEnum):
-    """Where an item stands. ``retry`` items wait in the store until their due time."""
+    """Where an item stands. ``retry`` items wait in the store until their due time;
+    ``skipped`` ones needed no work (the job's ``needs`` said so)."""
 
     PENDING = "pending"
     RUNNING = "running"
     RETRY = "retry"
     DONE = "done"
     FAILED = "failed"
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True, slots=True)

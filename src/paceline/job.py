@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,9 @@ class Job:
 
     ``retries`` is how many times a retryable failure is tried again (so ``retries + 1``
     attempts at most); ``retry_on`` lists exception types of your own that are retryable;
-    ``timeout`` bounds one attempt of an ``async`` task, in seconds. ``concurrency``
+    ``timeout`` bounds one attempt of an ``async`` task, in seconds. ``needs(item)``
+    returning false skips an item (counted as skipped, not done); ``priority(item)``
+    orders the work, highest first. ``concurrency``
     (items in flight) is automatic when the job has keys: it grows until the keys' limits
     are the bound, up to ``max_concurrency``; without keys it is 16.
     """
@@ -61,6 +64,8 @@ class Job:
         http_timeout: float = 60.0,
         backoff: Backoff | None = None,
         retry_on: tuple[type[BaseException], ...] = (),
+        needs: Callable[[Item], bool] | None = None,
+        priority: Callable[[Item], float] | None = None,
     ) -> None:
         if not _NAME.match(name):
             raise ConfigError(
@@ -85,6 +90,10 @@ class Job:
         self.http_timeout = http_timeout
         self.backoff = backoff or Backoff()
         self.retry_on = retry_on
+        #: ``needs(item)`` false: the item needs no work and is counted as skipped.
+        self.needs = needs
+        #: ``priority(item)``: higher goes first.
+        self.priority = priority
         self.task_fn: TaskFn | None = None
         #: Where the default store lives: the job file's folder when run by the CLI.
         self.home = Path.cwd()
@@ -134,6 +143,25 @@ class Job:
             until_quota=until_quota,
         )
         return await run_with_reporter(engine, reporter, install_signal_handlers)
+
+    def expedite(
+        self, *ids: str, store: str | os.PathLike[str] | None = None
+    ) -> dict[str, str]:
+        """Put items first in line, also for a run going on in another process (it takes
+        them within a second). Returns each known id's status before; failed or skipped
+        items are put back. For on-access ("lazy") migration.
+        """
+        from .store import SQLiteStore
+
+        path = self.store_path(store)
+        if not path.exists():
+            raise ConfigError(f"no store at {path}: run the job first")
+        db = SQLiteStore(path)
+        try:
+            db.bind_job(self.name)
+            return db.expedite(list(ids), time.time())
+        finally:
+            db.close()
 
     def run(self, **options: Any) -> RunResult:
         """Run the job to its end in a fresh event loop. Options as :meth:`run_async`."""

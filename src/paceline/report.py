@@ -101,6 +101,8 @@ def summary_text(result: RunResult) -> str:
         f"  overall:  {s.done:,} done, {s.failed:,} failed, {s.pending + s.running:,} pending"
         f" of {s.total:,}",
     ]
+    if s.skipped:
+        lines.append(f"  skipped (need no work): {s.skipped:,}")
     if s.duplicates:
         lines.append(f"  duplicate ids in the source (skipped): {s.duplicates:,}")
     for key in s.keys:
@@ -149,10 +151,11 @@ class LogReporter:
         self.every_seconds = every_seconds
 
     def line(self, s: Snapshot) -> str:
-        pct = 100.0 * (s.done + s.failed) / s.total if s.total else 0.0
+        finished = s.done + s.failed + s.skipped
+        pct = 100.0 * finished / s.total if s.total else 0.0
         total = f"{s.total:,}" + ("" if s.source_done else "+")
         text = (
-            f"[paceline] {s.job}: {s.done + s.failed:,}/{total} ({pct:.1f}%) done={s.done:,}"
+            f"[paceline] {s.job}: {finished:,}/{total} ({pct:.1f}%) done={s.done:,}"
             f" failed={s.failed:,} pending={s.pending:,} in_flight={s.running:,}"
             f" rate={_rate(s.rate_now)} avg={_rate(s.rate_avg)}"
             f" eta={format_duration(s.eta)}"
@@ -198,7 +201,7 @@ class LiveReporter:
         self._note: str | None = None
 
     def render(self, s: Snapshot) -> Group:
-        finished = s.done + s.failed
+        finished = s.done + s.failed + s.skipped
         total = max(s.total, 1)
         head = Table.grid(expand=True)
         head.add_column()

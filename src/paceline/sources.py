@@ -43,6 +43,8 @@ class Record:
     data: dict[str, Any] | None
     error: str | None
     after: Position
+    priority: float = 0.0
+    skip: bool = False  # the job's ``needs`` said this item needs no work
 
 
 @runtime_checkable

@@ -37,6 +37,7 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
         "pending": 0,
         "running": 0,
         "retrying": 0,
+        "skipped": 0,
         "duplicates": 0,
         "source_done": False,
         "keys": [],
@@ -70,11 +71,12 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
         failed=counts.get("failed", 0),
         running=min(in_flight, claimed),
         retrying=counts.get("retry", 0),
+        skipped=counts.get("skipped", 0),
         duplicates=duplicates,
         source_done=source_done,
     )
     status["pending"] = counts.get("pending", 0) + status["retrying"] + claimed - status["running"]
-    status["total"] = status["done"] + status["failed"] + status["pending"] + status["running"]
+    status["total"] = sum(status[k] for k in ("done", "failed", "pending", "running", "skipped"))
     if last is not None:
         status["run"] = {
             "pid": last.pid,

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS counts (
     n      INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO counts (status, n) VALUES
-    ('pending', 0), ('running', 0), ('retry', 0), ('done', 0), ('failed', 0);
+    ('pending', 0), ('running', 0), ('retry', 0), ('done', 0), ('failed', 0), ('skipped', 0);
 
 -- How far the source has been read; committed with the items read up to there.
 CREATE TABLE IF NOT EXISTS source_state (

@@ -25,6 +25,8 @@ from paceline.sources import Position, Record
 __all__ = ["IngestResult", "KeyUsage", "Outcome", "RunInfo", "SQLiteStore"]
 
 SCHEMA_VERSION = "1"
+#: The priority an expedited item gets: above any a job's ``priority`` gives.
+EXPEDITED = 1e15
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +46,7 @@ class IngestResult:
     inserted: int
     invalid: int
     duplicates: int
+    skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,15 +210,22 @@ class SQLiteStore:
         invalid = [r for r in records if r.error is not None]
         db = self.db
         with _transaction(db):
-            before = db.total_changes
-            db.executemany(
-                "INSERT INTO items (id, data, status, line, updated_at) "
-                "VALUES (?, ?, 'pending', ?, ?) ON CONFLICT (id) DO NOTHING",
-                [(r.id, json.dumps(r.data), r.line, now) for r in valid],
-            )
-            inserted = db.total_changes - before
+            counted = {}
+            for status in ("pending", "skipped"):
+                before = db.total_changes
+                db.executemany(
+                    "INSERT INTO items (id, data, status, priority, line, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    [
+                        (r.id, json.dumps(r.data), status, r.priority, r.line, now)
+                        for r in valid
+                        if r.skip == (status == "skipped")
+                    ],
+                )
+                counted[status] = db.total_changes - before
+            inserted, skipped = counted["pending"], counted["skipped"]
             duplicates = 0
-            if inserted < len(valid):
+            if inserted + skipped < len(valid):
                 duplicates = self._record_duplicates(valid)
             before = db.total_changes
             db.executemany(
@@ -225,6 +235,7 @@ class SQLiteStore:
             )
             failed = db.total_changes - before
             _move(db, None, "pending", inserted)
+            _move(db, None, "skipped", skipped)
             _move(db, None, "failed", failed)
             db.execute(
                 'INSERT INTO source_state (one, "offset", line, exhausted) VALUES (1, ?, ?, ?) '
@@ -232,7 +243,7 @@ class SQLiteStore:
                 "line=excluded.line, exhausted=excluded.exhausted",
                 (after.offset, after.line, int(exhausted)),
             )
-        return IngestResult(inserted, failed, duplicates)
+        return IngestResult(inserted, failed, duplicates, skipped)
 
     def _record_duplicates(self, valid: Sequence[Record]) -> int:
         # An id already present with another line number is a true duplicate; the same
@@ -299,6 +310,34 @@ class SQLiteStore:
         rows.sort(key=lambda r: (-r[3], r[0]))
         loads = json.loads
         return [Item(r[1], loads(r[2]), r[3], r[4], r[0]) for r in rows]
+
+    def expedite(self, ids: Sequence[str], now: float) -> dict[str, str]:
+        """Move items to the front of the line; returns each id's status before."""
+        found = self.statuses_of(list(ids))
+        with _transaction(self.db):
+            for status in ("pending", "retry", "failed", "skipped"):
+                chosen = [(i,) for i, s in found.items() if s == status]
+                before = self.db.total_changes
+                self.db.executemany(
+                    "UPDATE items SET status='pending', priority=?, not_before=NULL, "
+                    "updated_at=? WHERE id=? AND status=? AND data IS NOT NULL",
+                    [(EXPEDITED, now, i, status) for (i,) in chosen],
+                )
+                _move(self.db, status, "pending", self.db.total_changes - before)
+        return found
+
+    def claim_expedited(self, run_id: str) -> list[Item]:
+        """Take the expedited items waiting (a cheap look at the top of the line)."""
+        with _transaction(self.db):
+            rows = self.db.execute(
+                "UPDATE items SET status='running', lease=? WHERE seq IN "
+                "(SELECT seq FROM items WHERE status='pending' AND priority >= ? "
+                "ORDER BY priority DESC, seq LIMIT 100) "
+                "RETURNING seq, id, data, priority, attempts",
+                (run_id, EXPEDITED),
+            ).fetchall()
+            _move(self.db, "pending", "running", len(rows))
+        return [Item(r[1], json.loads(r[2]), r[3], r[4], r[0]) for r in rows]
 
     def release_lease(self, run_id: str) -> int:
         """Give back every item this run still holds (claimed, never finished)."""
