@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -420,7 +421,7 @@ def describe(m: Measurement) -> str:
     ramp = " ".join(f"{r:.0f}" for r in m.per_second)
     workers = f"{m.workers[0]}→{m.workers[-1]}" if m.workers else "?"
     extra = f"; notes: {m.notes[-3:]}" if m.notes else ""
-    if m.utilization > 1.0:
+    if m.utilization > 1.01:
         extra += "; ABOVE the limit: a burst was still being spent in the window"
     return (
         f"    {m.style:<9} {m.client:<8} {m.utilization:6.3f} of limit  "
@@ -467,14 +468,15 @@ def main() -> None:
     for style in styles:
         for rep in range(args.repeat):
             for client in clients:
-                m = measure(style, client, s)
+                # Each repetition draws other latencies; both clients of one see the same.
+                m = measure(style, client, dataclasses.replace(s, seed=s.seed + rep))
                 runs.setdefault((style, client), []).append(m)
                 print(describe(m) + (f"  [run {rep + 1}]" if args.repeat > 1 else ""), flush=True)
 
     print()
     print("| style | client | throughput / limit | 429 share | runs (throughput · 429) |")
     print("|---|---|---:|---:|---|")
-    met = True
+    verdicts: dict[str, str] = {}
     for (style, client), ms in runs.items():
         util = statistics.median(m.utilization for m in ms)
         share = statistics.median(m.share_429 for m in ms)
@@ -482,12 +484,19 @@ def main() -> None:
         bold = "**" if client == "paceline" else ""
         print(f"| {style} | {bold}{client}{bold} | {util:.3f} | {share:.2%} | {shown} |")
         if client == "paceline":
-            met = met and util >= TARGET_UTILIZATION and share <= TARGET_429_SHARE
-    if "paceline" in clients:
-        verdict = "met" if met else "NOT met"
+            if util > 1.01:
+                # Only a burst allowance (GCRA's, against a fixed window) gets above the
+                # limit, and only for a while: the window did not see the steady state.
+                verdicts[style] = "not steady (above the limit: lengthen --warmup)"
+            elif util >= TARGET_UTILIZATION and share <= TARGET_429_SHARE:
+                verdicts[style] = "met"
+            else:
+                verdicts[style] = "NOT met"
+    if verdicts:
         print(
             f"\ntarget (paceline ≥ {TARGET_UTILIZATION} of the limit, ≤ {TARGET_429_SHARE:.0%} "
-            f"429s, every style): {verdict}"
+            "of requests answered 429): "
+            + "; ".join(f"{style} {verdict}" for style, verdict in verdicts.items())
         )
     if args.json:
         rows = [
