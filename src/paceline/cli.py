@@ -64,6 +64,13 @@ def cli() -> None:
 )
 @click.option("--max-items", type=click.IntRange(min=0), help="Stop after taking N items.")
 @click.option(
+    "--per-day",
+    type=click.IntRange(min=0),
+    envvar="PACELINE_PER_DAY",
+    show_envvar=True,
+    help="Daily item budget: stop once N items were done today.",
+)
+@click.option(
     "--dry-run",
     is_flag=True,
     help="Read and check the whole source; report what a run would do; call nothing.",
@@ -103,6 +110,7 @@ def run(
     sequential: bool,
     until_quota: bool,
     max_items: int | None,
+    per_day: int | None,
     dry_run: bool,
     grace: float,
     progress: str,
@@ -132,6 +140,7 @@ def run(
         max_items=max_items,
         grace=grace,
         until_quota=until_quota,
+        per_day=per_day,
         reporter=reporter,
         install_signal_handlers=True,
     )

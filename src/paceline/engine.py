@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import inspect
 import itertools
@@ -42,6 +43,7 @@ from .errors import ConfigError
 from .item import Item, Status
 from .keys import NoUsableKey
 from .limiter import QuotaWait, Stopping
+from .limits import day_start
 from .plan import capacity
 from .retry import classify
 from .sources import IterableSource, Position, Record
@@ -56,6 +58,7 @@ T = TypeVar("T")
 
 INGEST_CHUNK = 2_000
 AUTO_START = 8
+LOCAL_TZ = dt.datetime.now().astimezone().tzinfo or dt.UTC
 FIXED_DEFAULT = 16  # workers when there is no key pool to size them by
 AUTOSCALE_EVERY = 0.5
 EXPEDITE_EVERY = 0.5
@@ -153,6 +156,7 @@ class Engine:
         grace: float,
         clock: Clock,
         until_quota: bool = False,
+        per_day: int | None = None,
         flush_size: int = 1_000,
         flush_interval: float = 0.2,
     ) -> None:
@@ -168,6 +172,7 @@ class Engine:
         self.max_items = max_items
         self.grace = grace
         self.until_quota = until_quota
+        self.per_day = per_day
         self.clock = clock
         self.flush_size = flush_size
         self.flush_interval = flush_interval
@@ -188,6 +193,7 @@ class Engine:
         self._stopping: str | None = None
         self._in_flight = 0
         self._taken = 0
+        self._budget_is_daily = False
         self._next_promote = 0.0
         self._counts: dict[str, int] = {}
         self._source_done = False
@@ -227,7 +233,7 @@ class Engine:
 
     def stop(self, reason: str = "interrupted") -> None:
         """Ask the run to stop: take no new items, let those in flight finish."""
-        if self._stopping in (None, "max-items"):
+        if self._stopping in (None, "max-items", "per-day"):
             self._stopping = reason
             self._progress.set()
             self._interrupt.set()
@@ -292,7 +298,7 @@ class Engine:
                 self._io.shutdown(wait=True)
         if self._fatal is not None:
             raise self._fatal
-        interrupted = self._stopping not in (None, "max-items", "quota")
+        interrupted = self._stopping not in (None, "max-items", "per-day", "quota")
         return RunResult(
             self.snapshot(), interrupted, self._stopping, self.store_path, sink.describe()
         )
@@ -307,6 +313,11 @@ class Engine:
         except OSError as exc:
             raise ConfigError(f"cannot open {sink.describe()}: {exc.strerror or exc}") from None
         self._counts = store.counts()
+        if self.per_day is not None:
+            # The daily budget is one more bound on what this run may take.
+            left = max(0, self.per_day - store.items_on_day(self._today()))
+            if self.max_items is None or left < self.max_items:
+                self.max_items, self._budget_is_daily = left, True
         if self.job.keys is not None:
             # Today's spent quota survives restarts: start each daily meter from it.
             now = self.clock.time()
@@ -337,7 +348,7 @@ class Engine:
         """Keep the queue stocked from the store until the work is done or a stop."""
         while self._stopping is None:
             if self.max_items is not None and self._taken >= self.max_items:
-                self._stopping = "max-items"
+                self._stopping = "per-day" if self._budget_is_daily else "max-items"
                 break
             room = self._target - self._queue.qsize()
             if room < self._low_water:
@@ -403,7 +414,7 @@ class Engine:
             self._queue.put_nowait(None)
         try:
             while remaining and not hard.done():
-                if deadline is None and self._stopping not in (None, "max-items"):
+                if deadline is None and self._stopping not in (None, "max-items", "per-day"):
                     # Items claimed but not started go back to the store (on close).
                     self._urgent.clear()
                     while not self._queue.empty():
@@ -712,7 +723,7 @@ class Engine:
                 state, outcomes = self._write_rows_alone(batch)
         self.store.complete(
             outcomes, self.clock.time(), sink_state=state, keys=keys, days=days,
-            lease=self.run_id,
+            lease=self.run_id, day_start=self._today(),
         )  # fmt: skip
         return outcomes
 
@@ -743,6 +754,10 @@ class Engine:
         except Exception as exc:
             if self._fatal is None:
                 self._fatal = exc
+
+    def _today(self) -> float:
+        """The start of the local day, for the daily item budget."""
+        return day_start(self.clock.time(), LOCAL_TZ)
 
     def _key_usage(self) -> tuple[list[KeyUsage], list[tuple[str, float, str, float]]]:
         """Per key, what changed since the last commit; per group, today's spent quota."""

@@ -120,6 +120,7 @@ class Job:
         max_items: int | None = None,
         grace: float = 30.0,
         until_quota: bool = False,
+        per_day: int | None = None,
         reporter: Reporter | None = None,
         clock: Clock = SYSTEM_CLOCK,
         install_signal_handlers: bool = False,
@@ -133,6 +134,8 @@ class Job:
             raise ConfigError("concurrency must be at least 1")
         if max_items is not None and max_items < 0:
             raise ConfigError("max-items must be 0 or more")
+        if per_day is not None and per_day < 0:
+            raise ConfigError("per-day must be 0 or more")
         engine = Engine(
             self,
             self.store_path(store),
@@ -141,12 +144,11 @@ class Job:
             grace=grace,
             clock=clock,
             until_quota=until_quota,
+            per_day=per_day,
         )
         return await run_with_reporter(engine, reporter, install_signal_handlers)
 
-    def expedite(
-        self, *ids: str, store: str | os.PathLike[str] | None = None
-    ) -> dict[str, str]:
+    def expedite(self, *ids: str, store: str | os.PathLike[str] | None = None) -> dict[str, str]:
         """Put items first in line, also for a run going on in another process (it takes
         them within a second). Returns each known id's status before; failed or skipped
         items are put back. For on-access ("lazy") migration.

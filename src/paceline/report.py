@@ -82,6 +82,8 @@ def summary_text(result: RunResult) -> str:
     s = result.snapshot
     if result.stop_reason == "max-items":
         head = f"stopped after --max-items ({s.done_this_run + s.failed_this_run} items)"
+    elif result.stop_reason == "per-day":
+        head = "stopped: today's item budget (--per-day) is spent; run again tomorrow"
     elif result.stop_reason == "quota":
         head = "stopped: every key is out of quota" + (
             f" until {_clock_time(s.quota_until)}" if s.quota_until else ""

@@ -72,3 +72,16 @@ def test_an_expedited_item_runs_within_seconds_while_the_bulk_goes_on(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_daily_item_budget_holds_across_runs(tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(SELECTIVE)
+    first = run_cli("run", job, "--per-day", "8")
+    assert first.returncode == 0, first.stderr
+    assert "today's item budget (--per-day) is spent" in first.stdout
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 8
+    again = run_cli("run", job, "--per-day", "8")  # the same day: nothing more
+    assert again.returncode == 0 and len(read_jsonl(tmp_path / "out.jsonl")) == 8
+    more = run_cli("run", job, "--per-day", "15")  # a larger budget: 7 more today
+    assert more.returncode == 0 and len(read_jsonl(tmp_path / "out.jsonl")) == 15

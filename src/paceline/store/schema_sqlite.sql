@@ -78,6 +78,12 @@ CREATE TABLE IF NOT EXISTS keys (
     updated_at   REAL
 );
 
+-- Items finished per local day, for a daily item budget (--per-day).
+CREATE TABLE IF NOT EXISTS job_days (
+    day_start REAL PRIMARY KEY,
+    items     INTEGER NOT NULL
+);
+
 -- Daily quota spent per key group and day window, so a restart knows what is left today.
 CREATE TABLE IF NOT EXISTS key_days (
     fingerprint TEXT NOT NULL,

@@ -372,6 +372,7 @@ class SQLiteStore:
         keys: Sequence[KeyUsage] = (),
         days: Sequence[tuple[str, float, str, float]] = (),
         lease: str | None = None,
+        day_start: float | None = None,
     ) -> None:
         """Record finished attempts (after their rows reached the sink), in one commit."""
         db = self.db
@@ -408,6 +409,13 @@ class SQLiteStore:
                         ],
                     )
                 _move(db, "running", status.value, db.total_changes - before)
+            finished = sum(o.status in (Status.DONE, Status.FAILED) for o in outcomes)
+            if day_start is not None and finished:
+                db.execute(
+                    "INSERT INTO job_days (day_start, items) VALUES (?, ?) ON CONFLICT "
+                    "(day_start) DO UPDATE SET items = items + excluded.items",
+                    (day_start, finished),
+                )
             if sink_state is not None:
                 db.execute(
                     "INSERT INTO sink_state (one, value) VALUES (1, ?) "
@@ -423,6 +431,12 @@ class SQLiteStore:
                     "DO UPDATE SET used=excluded.used",
                     days,
                 )
+
+    def items_on_day(self, day_start: float) -> int:
+        """Items finished (done or failed) in the local day starting at ``day_start``."""
+        row = self.db.execute("SELECT items FROM job_days WHERE day_start=?", (day_start,))
+        found = row.fetchone()
+        return 0 if found is None else int(found[0])
 
     def sink_state(self) -> str | None:
         row = self.db.execute("SELECT value FROM sink_state").fetchone()
