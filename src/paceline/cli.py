@@ -294,6 +294,36 @@ def plan(jobfile: Path, store: Path | None, requests_per_item: float | None) -> 
 
 @cli.command()
 @_jobfile
+@_store_option
+@click.option("--checksum", is_flag=True, help="Also print a SHA-256 of the written rows.")
+def verify(jobfile: Path, store: Path | None, checksum: bool) -> int:
+    """Compare source, store and sink: counts, ids missing or extra. Exit 1 on a mismatch."""
+    from .verify import verify as run_verify
+
+    job = load_job(jobfile)
+    r = run_verify(job, job.store_path(store), checksum=checksum)
+    click.echo(f"verify job {job.name!r}: {job.sink.describe()}")
+    click.echo(f"  source:  {r.source:,} items ({r.invalid:,} invalid lines)")
+    click.echo(f"  store:   {r.done:,} done; {r.not_done:,} not done (pending, failed, skipped)")
+    click.echo(f"  sink:    {r.sink:,} rows")
+    click.echo(
+        f"  missing: {r.missing:,} done but not in the sink"
+        + (f" (e.g. {', '.join(r.examples['missing'])})" if r.missing else "")
+    )
+    click.echo(
+        f"  extra:   {r.extra:,} in the sink but not in the source"
+        + (f" (e.g. {', '.join(r.examples['extra'])})" if r.extra else "")
+    )
+    if r.duplicates_in_sink:
+        click.echo(f"  duplicate rows in the sink: {r.duplicates_in_sink:,}")
+    if r.checksum:
+        click.echo(f"  checksum: sha256:{r.checksum}")
+    click.echo("  OK" if r.ok else "  MISMATCH")
+    return 0 if r.ok else 1
+
+
+@cli.command()
+@_jobfile
 @click.argument("ids", nargs=-1, required=True)
 @_store_option
 def expedite(jobfile: Path, ids: tuple[str, ...], store: Path | None) -> int:

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -127,6 +127,22 @@ class SQLiteSink:
             self._db.close()
             self._db = None
 
+    def read_rows(self) -> Iterator[Row]:
+        """Every row written, for ``paceline verify`` (a read-only connection)."""
+        if not self.path.exists():
+            return
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        try:
+            try:
+                cursor = db.execute(f'SELECT * FROM "{self.table}"')
+            except sqlite3.OperationalError:
+                return  # no table yet: nothing written
+            names = [d[0] for d in cursor.description]
+            for values in cursor:
+                yield dict(zip(names, values, strict=True))
+        finally:
+            db.close()
+
 
 class JSONLSink:
     """A JSONL file, one line per done item, written exactly once across crashes.
@@ -175,6 +191,15 @@ class JSONLSink:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def read_rows(self) -> Iterator[Row]:
+        """Every row written, for ``paceline verify``."""
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
 
 
 class CallableSink:

@@ -319,3 +319,21 @@ def test_demo_runs_with_no_server_and_reports_where_results_are(tmp_path: Path) 
     db.close()
     assert len(rows) == 60 and all(s.startswith("Summary: Summarise:") for _, s in rows)
     assert str(tmp_path / "demo" / "results.db") in result.stdout
+
+
+def test_verify_compares_source_store_and_sink(tmp_path: Path) -> None:
+    job = local_job(tmp_path, 12)
+    assert run_cli("run", job).returncode == 0
+    good = run_cli("verify", job, "--checksum")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "source:  12 items" in good.stdout and "sink:    12 rows" in good.stdout
+    assert "checksum: sha256:" in good.stdout and good.stdout.rstrip().endswith("OK")
+    checksum = next(line for line in good.stdout.splitlines() if "sha256" in line)
+
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    (tmp_path / "out.jsonl").write_text("\n".join([*lines[1:], '{"id": "ghost", "n": 0}']) + "\n")
+    bad = run_cli("verify", job, "--checksum")
+    assert bad.returncode == 1
+    assert "missing: 1 done but not in the sink (e.g. k0)" in bad.stdout
+    assert "extra:   1 in the sink but not in the source (e.g. ghost)" in bad.stdout
+    assert checksum not in bad.stdout and "MISMATCH" in bad.stdout

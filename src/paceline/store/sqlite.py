@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -465,6 +465,20 @@ class SQLiteStore:
         return n
 
     # -- reading -----------------------------------------------------------------------
+
+    def iter_statuses(self, size: int) -> Iterator[list[tuple[str, str]]]:
+        """(id, status) of every item, in batches of ``size`` (by seq, so a restart of
+        the reading does not depend on the count of done items)."""
+        last = 0
+        while True:
+            rows = self.db.execute(
+                "SELECT seq, id, status FROM items WHERE seq > ? ORDER BY seq LIMIT ?",
+                (last, size),
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [(r[1], r[2]) for r in rows]
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT status, n FROM counts"))
