@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import runpy
 import sys
 import traceback
 from pathlib import Path
@@ -26,7 +26,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     if folder not in sys.path:
         sys.path.insert(0, folder)
     try:
-        namespace = runpy.run_path(str(file), run_name="__paceline_job__")
+        namespace = _import(file)
     except PacelineError as exc:
         raise ConfigError(f"{file}: {exc}") from None
     except SyntaxError as exc:
@@ -44,6 +44,28 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         raise ConfigError(f"{file}: job {job.name!r} has no task (decorate one with @job.task)")
     job.home = file.parent.resolve()
     return job
+
+
+def _import(file: Path) -> dict[str, object]:
+    """Run the job file as a module named after it (``job.py`` → ``job``), registered in
+    ``sys.modules``, so functions defined there can be sent to worker processes by name
+    (``ctx.run_cpu``); the processes import it from the job file's folder."""
+    name = file.stem if file.stem.isidentifier() else "paceline_job"
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot load job file {file}")
+    module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get(name)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        if previous is None:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = previous
+        raise
+    return vars(module)
 
 
 def _line_in(file: Path, exc: BaseException) -> int | None:

@@ -22,14 +22,16 @@ import functools
 import inspect
 import itertools
 import math
+import multiprocessing
 import os
 import random
 import sqlite3
+import sys
 import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -182,6 +184,7 @@ class Engine:
 
         self._io = ThreadPoolExecutor(1, thread_name_prefix="paceline-store")
         self._threads: ThreadPoolExecutor | None = None
+        self._processes: ProcessPoolExecutor | None = None
         self._store: SQLiteStore | None = None
         self._queue: asyncio.Queue[Item | None] = asyncio.Queue()
         self._results: list[tuple[Outcome, dict[str, Any] | None]] = []
@@ -219,6 +222,16 @@ class Engine:
     def _set_target(self, workers: int) -> None:
         self._target = max(2 * workers, min(512, 8 * workers))
         self._low_water = self._target // 2
+
+    def _process_pool(self) -> ProcessPoolExecutor:
+        """The pool ``ctx.run_cpu`` uses, started on first use (one process per core)."""
+        if self._processes is None:
+            # forkserver: children start clean, not as copies of a process with threads
+            method = "forkserver" if sys.platform != "win32" else "spawn"
+            self._processes = ProcessPoolExecutor(
+                os.cpu_count() or 1, mp_context=multiprocessing.get_context(method)
+            )
+        return self._processes
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -294,6 +307,8 @@ class Engine:
                 await client.aclose()
                 if self._threads is not None:
                     self._threads.shutdown(wait=False, cancel_futures=True)
+                if self._processes is not None:
+                    self._processes.shutdown(wait=True, cancel_futures=True)
                 await self._io_call(self._close, sink)
                 self._io.shutdown(wait=True)
         if self._fatal is not None:
@@ -550,7 +565,7 @@ class Engine:
         fn = job.task_fn
         assert fn is not None
         attempts = item.attempts + 1
-        ctx = Context(http, job.name, attempts, self.clock)
+        ctx = Context(http, job.name, attempts, self.clock, self._process_pool)
         try:
             if self._is_async:
                 call = cast(Awaitable[dict[str, Any] | None], fn(item, ctx))
