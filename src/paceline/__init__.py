@@ -21,13 +21,14 @@ from .item import Item, Status
 from .job import Job
 from .keys import Cost, Key, KeyPool, NoUsableKey
 from .retry import Backoff
-from .sinks import CallableSink, JSONLSink, Sink, SQLiteSink
+from .sinks import Batch, CallableSink, JSONLSink, Sink, SQLiteSink
 from .sources import CSV, JSONL, IterableSource, Source
 
 __all__ = [
     "CSV",
     "JSONL",
     "Backoff",
+    "Batch",
     "CallableSink",
     "Clock",
     "ConfigError",

@@ -159,7 +159,6 @@ class Engine:
         clock: Clock,
         until_quota: bool = False,
         per_day: int | None = None,
-        flush_size: int = 1_000,
         flush_interval: float = 0.2,
     ) -> None:
         if job.task_fn is None:
@@ -176,7 +175,7 @@ class Engine:
         self.until_quota = until_quota
         self.per_day = per_day
         self.clock = clock
-        self.flush_size = flush_size
+        self.batching = job.batch.start()
         self.flush_interval = flush_interval
         self.run_id = uuid.uuid4().hex
         self.rng = random.Random()
@@ -485,7 +484,7 @@ class Engine:
             if result is None:
                 return  # the item stays claimed and is handed back when the run closes
             self._results.append(result)
-            if len(self._results) >= self.flush_size:
+            if len(self._results) >= self.batching.size:
                 self._flush_now.set()
             if not self._in_flight:
                 self._progress.set()
@@ -701,23 +700,26 @@ class Engine:
 
     async def _flush(self) -> None:
         async with self._flush_lock:
-            if not self._results:
-                return
-            batch, self._results = self._results, []
-            keys, days = self._key_usage()
-            outcomes = await self._io_call(self._commit, batch, keys, days)
-            for outcome in outcomes:
-                status = outcome.status.value
-                self._move("running", status, 1)
-                if outcome.status is Status.DONE:
-                    self._done_run += 1
-                elif outcome.status is Status.FAILED:
-                    self._failed_run += 1
-                if outcome.error and outcome.status is not Status.DONE:
-                    retrying = outcome.status is Status.RETRY
-                    what = f"attempt {outcome.attempts}, {'will retry' if retrying else 'failed'}"
-                    self._errors.append((f"{outcome.item_id} ({what})", outcome.error))
-            self._progress.set()
+            while self._results:
+                size = self.batching.size
+                batch, self._results = self._results[:size], self._results[size:]
+                await self._flush_batch(batch)
+
+    async def _flush_batch(self, batch: list[tuple[Outcome, dict[str, Any] | None]]) -> None:
+        keys, days = self._key_usage()
+        outcomes = await self._io_call(self._commit, batch, keys, days)
+        for outcome in outcomes:
+            status = outcome.status.value
+            self._move("running", status, 1)
+            if outcome.status is Status.DONE:
+                self._done_run += 1
+            elif outcome.status is Status.FAILED:
+                self._failed_run += 1
+            if outcome.error and outcome.status is not Status.DONE:
+                retrying = outcome.status is Status.RETRY
+                what = f"attempt {outcome.attempts}, {'will retry' if retrying else 'failed'}"
+                self._errors.append((f"{outcome.item_id} ({what})", outcome.error))
+        self._progress.set()
 
     def _commit(
         self,
@@ -730,8 +732,10 @@ class Engine:
         rows = [row for _, row in batch if row is not None]
         state = None
         if rows:
+            started = time.perf_counter()
             try:
                 state = self.job.sink.write(rows)
+                self.batching.observe(len(rows), time.perf_counter() - started)
             except Exception as exc:
                 if _sink_level(exc):
                     raise

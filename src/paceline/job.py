@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .item import Item
 from .keys import KeyPool
 from .retry import Backoff
-from .sinks import Sink, as_sink
+from .sinks import Batch, Sink, as_sink
 from .sources import Source, as_source
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ class Job:
         http_timeout: float = 60.0,
         backoff: Backoff | None = None,
         retry_on: tuple[type[BaseException], ...] = (),
+        batch: Batch | None = None,
         needs: Callable[[Item], bool] | None = None,
         priority: Callable[[Item], float] | None = None,
     ) -> None:
@@ -90,6 +91,7 @@ class Job:
         self.http_timeout = http_timeout
         self.backoff = backoff or Backoff()
         self.retry_on = retry_on
+        self.batch = batch or Batch()
         #: ``needs(item)`` false: the item needs no work and is counted as skipped.
         self.needs = needs
         #: ``priority(item)``: higher goes first.

@@ -16,12 +16,13 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import ConfigError
 
-__all__ = ["CallableSink", "JSONLSink", "SQLiteSink", "Sink", "as_sink"]
+__all__ = ["Batch", "BatchSizer", "CallableSink", "JSONLSink", "SQLiteSink", "Sink", "as_sink"]
 
 Row = dict[str, Any]
 
@@ -54,6 +55,45 @@ def _sql_value(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bytes)):
         return value
     return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Results per sink write: between ``min`` and ``max``, sized so that one write takes
+    about ``target`` seconds (a slow sink gets small batches, a fast one large ones).
+
+    >>> Job(..., batch=Batch(min=50, max=5000, target=1.0))  # doctest: +SKIP
+    """
+
+    min: int = 10
+    max: int = 1_000
+    target: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.max or self.target <= 0:
+            raise ConfigError("Batch: need 1 <= min <= max and a positive target")
+
+    def start(self) -> BatchSizer:
+        return BatchSizer(self)
+
+
+class BatchSizer:
+    """The batch size now, learned from how long writes take."""
+
+    __slots__ = ("batch", "per_row", "size")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.size = max(batch.min, min(batch.max, 100))
+        self.per_row: float | None = None  # moving average of seconds per row
+
+    def observe(self, rows: int, seconds: float) -> None:
+        per_row = seconds / max(1, rows)
+        self.per_row = (
+            per_row if self.per_row is None else self.per_row + 0.3 * (per_row - self.per_row)
+        )
+        ideal = self.batch.target / self.per_row if self.per_row > 0 else self.batch.max
+        self.size = max(self.batch.min, min(self.batch.max, round(ideal)))
 
 
 class SQLiteSink:

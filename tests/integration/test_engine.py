@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,38 @@ async def test_concurrency_grows_until_the_keys_limits_are_the_bound(
     assert (result.exit_code, result.snapshot.done) == (0, 80)
     assert peak_in_flight >= 16
     assert sum(k["rate_limited"] for k in result.snapshot.keys) == 0
+
+
+@pytest.mark.parametrize(
+    ("seconds_per_row", "expected"),
+    [(0.0, range(500, 1001)), (0.02, range(10, 16))],
+    ids=["fast sink", "slow sink"],
+)
+async def test_sink_batches_adapt_to_how_long_a_write_takes(
+    tmp_path: Path, seconds_per_row: float, expected: range
+) -> None:
+    # target 0.2 s per write: a sink taking 20 ms a row settles near 10 rows a batch;
+    # a fast one grows to the maximum.
+    sizes: list[int] = []
+
+    def sink(rows: list[dict[str, Any]]) -> None:
+        time.sleep(seconds_per_row * len(rows))
+        sizes.append(len(rows))
+
+    n = 3000 if seconds_per_row == 0 else 200
+    job = pl.Job(
+        "batches",
+        source=[{"id": str(i)} for i in range(n)],
+        sink=sink,
+        batch=pl.Batch(min=10, max=1000, target=0.2),
+        concurrency=64,
+    )
+
+    @job.task
+    async def work(item: pl.Item, ctx: pl.Context) -> dict[str, Any]:
+        return {"ok": 1}
+
+    result = await job.run_async(store=tmp_path / "s.db")
+    assert result.snapshot.done == n and sum(sizes) == n
+    assert sizes[0] == 100  # the first write, before anything is known
+    assert max(sizes[1:]) in expected
