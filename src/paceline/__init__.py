@@ -20,13 +20,15 @@ from .errors import (
 from .item import Item, Status
 from .job import Job
 from .keys import Cost, Key, KeyPool, NoUsableKey
+from .postgres import PostgresSink
 from .retry import Backoff
 from .sinks import Batch, CallableSink, JSONLSink, Sink, SQLiteSink
-from .sources import CSV, JSONL, IterableSource, Source
+from .sources import CSV, JSONL, SQL, IterableSource, Source
 
 __all__ = [
     "CSV",
     "JSONL",
+    "SQL",
     "Backoff",
     "Batch",
     "CallableSink",
@@ -45,6 +47,7 @@ __all__ = [
     "NoUsableKey",
     "PacelineError",
     "Permanent",
+    "PostgresSink",
     "Retryable",
     "RunResult",
     "SQLiteSink",

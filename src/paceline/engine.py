@@ -96,6 +96,7 @@ class Snapshot:
     notes_total: int = 0
     quota_until: float | None = None
     workers: int = 0
+    batch_size: int = 0
 
 
 @dataclass(slots=True)
@@ -297,8 +298,11 @@ class Engine:
             raise
         finally:
             workers = list(self._workers)
-            for task in [*workers, *helpers]:
-                task.cancel()
+            # A flush under way finishes first: cancelled halfway, its batch would be
+            # committed in the store but not counted here.
+            async with self._flush_lock:
+                for task in [*workers, *helpers]:
+                    task.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
             try:
                 await self._final_flush()
@@ -830,6 +834,7 @@ class Engine:
             "elapsed": round(snap.elapsed, 1),
             "stopping": snap.stopping,
             "workers": snap.workers,
+            "batch_size": snap.batch_size,
             "quota_until": snap.quota_until,
         }
 
@@ -874,6 +879,7 @@ class Engine:
             quota_until=self._quota_until
             or (self.job.keys.limiter.quota_wait(self.clock.time()) if self.job.keys else None),
             workers=len(self._workers) - self._retire,
+            batch_size=self.batching.size,
         )
 
 

@@ -217,7 +217,7 @@ class SQLiteStore:
                     "INSERT INTO items (id, data, status, priority, line, updated_at) "
                     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                     [
-                        (r.id, json.dumps(r.data), status, r.priority, r.line, now)
+                        (r.id, json.dumps(r.data, default=str), status, r.priority, r.line, now)
                         for r in valid
                         if r.skip == (status == "skipped")
                     ],
