@@ -7,6 +7,7 @@
 
 from .clock import Clock, FakeClock, SystemClock
 from .context import Context
+from .cost import Price
 from .engine import RunResult, Snapshot
 from .errors import (
     ConfigError,
@@ -48,6 +49,7 @@ __all__ = [
     "PacelineError",
     "Permanent",
     "PostgresSink",
+    "Price",
     "Retryable",
     "RunResult",
     "SQLiteSink",

@@ -64,6 +64,13 @@ def cli() -> None:
 )
 @click.option("--max-items", type=click.IntRange(min=0), help="Stop after taking N items.")
 @click.option(
+    "--budget",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="USD",
+    help="Stop cleanly once the job has cost this much (needs Job(prices=...)).",
+)
+@click.option(
     "--per-day",
     type=click.IntRange(min=0),
     envvar="PACELINE_PER_DAY",
@@ -111,6 +118,7 @@ def run(
     until_quota: bool,
     max_items: int | None,
     per_day: int | None,
+    budget: float | None,
     dry_run: bool,
     grace: float,
     progress: str,
@@ -141,6 +149,7 @@ def run(
         grace=grace,
         until_quota=until_quota,
         per_day=per_day,
+        budget=budget,
         reporter=reporter,
         install_signal_handlers=True,
     )

@@ -9,13 +9,14 @@ is a plain shared httpx client.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
 from .clock import Clock
+from .cost import Usage, read_usage
 from .feedback import Feedback, Verdict, read_feedback
 from .keys import Cost, Key, KeyPool
 
@@ -37,6 +38,12 @@ def _json_body(response: httpx.Response) -> Any:
         return None
 
 
+def _request_model(kwargs: Mapping[str, Any]) -> str | None:
+    body = kwargs.get("json")
+    model = body.get("model") if isinstance(body, Mapping) else None
+    return model if isinstance(model, str) else None
+
+
 def _merge(base: Any, extra: Mapping[str, str]) -> Any:
     if not extra:
         return base
@@ -51,10 +58,17 @@ class PoolClient:
     >>> r = await ctx.http.post(url, json=body, cost=Cost(tokens=800))  # doctest: +SKIP
     """
 
-    def __init__(self, client: httpx.AsyncClient, pool: KeyPool | None, clock: Clock) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        pool: KeyPool | None,
+        clock: Clock,
+        on_usage: Callable[[Usage], None] | None = None,
+    ) -> None:
         self._client = client
         self._pool = pool
         self._clock = clock
+        self._on_usage = on_usage
 
     @property
     def raw(self) -> httpx.AsyncClient:
@@ -85,10 +99,13 @@ class PoolClient:
                     method, url, headers=_merge(headers, key_headers),
                     params=_merge(params, key_params), **kwargs,
                 )  # fmt: skip
-                feedback = self._feedback(
-                    pool, response.status_code, response.headers, _json_body(response)
-                )
+                body = _json_body(response)
+                feedback = self._feedback(pool, response.status_code, response.headers, body)
                 pool.settle(lease, feedback)
+                if self._on_usage is not None and response.is_success:
+                    usage = read_usage(body, _request_model(kwargs))
+                    if usage is not None:
+                        self._on_usage(usage)
             except httpx.TransportError:
                 lease.key.errors += 1
                 raise

@@ -41,6 +41,7 @@ import httpx
 from .client import PoolClient
 from .clock import Clock
 from .context import Context
+from .cost import Price, Usage
 from .errors import ConfigError
 from .item import Item, Status
 from .keys import NoUsableKey
@@ -97,6 +98,9 @@ class Snapshot:
     quota_until: float | None = None
     workers: int = 0
     batch_size: int = 0
+    cost_total: float = 0.0
+    cost_per_item: float | None = None
+    cost_per_minute: float | None = None
 
 
 @dataclass(slots=True)
@@ -160,6 +164,7 @@ class Engine:
         clock: Clock,
         until_quota: bool = False,
         per_day: int | None = None,
+        budget: float | None = None,
         flush_interval: float = 0.2,
     ) -> None:
         if job.task_fn is None:
@@ -175,6 +180,7 @@ class Engine:
         self.grace = grace
         self.until_quota = until_quota
         self.per_day = per_day
+        self.budget = budget
         self.clock = clock
         self.batching = job.batch.start()
         self.flush_interval = flush_interval
@@ -217,11 +223,31 @@ class Engine:
         self._notes: deque[str] = deque(maxlen=5)
         self._notes_total = 0
         self._attempt_seconds = 0.0
+        self._cost_before = 0.0  # spent by earlier runs (kept in the store)
+        self._cost_run = 0.0
+        self._cost_unsaved = 0.0
+        self._unpriced: set[str | None] = set()
         self._quota_until: float | None = None
 
     def _set_target(self, workers: int) -> None:
         self._target = max(2 * workers, min(512, 8 * workers))
         self._low_water = self._target // 2
+
+    def _record_usage(self, usage: Usage) -> None:
+        """Price an answer's tokens; stop the run when the budget is spent."""
+        price = _price_for(self.job.prices, usage.model)
+        if price is None:
+            if usage.model not in self._unpriced:
+                self._unpriced.add(usage.model)
+                self.note(f"no price for model {usage.model!r}: its cost is not counted")
+            return
+        cost = price.of(usage)
+        self._cost_run += cost
+        self._cost_unsaved += cost
+        spent = self._cost_before + self._cost_run
+        if self.budget is not None and spent >= self.budget and self._stopping is None:
+            self.note(f"budget of ${self.budget:,.2f} reached")
+            self.stop("budget")
 
     def _process_pool(self) -> ProcessPoolExecutor:
         """The pool ``ctx.run_cpu`` uses, started on first use (one process per core)."""
@@ -280,7 +306,8 @@ class Engine:
             await self._io_call(self._open, sink)
             if not self._is_async:
                 self._threads = ThreadPoolExecutor(self.max_concurrency, "paceline-task")
-            self._http = PoolClient(client, job.keys, self.clock)
+            on_usage = self._record_usage if job.prices else None
+            self._http = PoolClient(client, job.keys, self.clock, on_usage)
             self._spawn(self.concurrency)
             helpers = [
                 asyncio.create_task(self._ingest()),
@@ -316,7 +343,7 @@ class Engine:
                 self._io.shutdown(wait=True)
         if self._fatal is not None:
             raise self._fatal
-        interrupted = self._stopping not in (None, "max-items", "per-day", "quota")
+        interrupted = self._stopping not in (None, "max-items", "per-day", "quota", "budget")
         return RunResult(
             self.snapshot(), interrupted, self._stopping, self.store_path, sink.describe()
         )
@@ -331,6 +358,10 @@ class Engine:
         except OSError as exc:
             raise ConfigError(f"cannot open {sink.describe()}: {exc.strerror or exc}") from None
         self._counts = store.counts()
+        self._cost_before = store.cost()
+        if self.budget is not None and self._cost_before >= self.budget:
+            self.note(f"budget of ${self.budget:,.2f} already spent (${self._cost_before:,.2f})")
+            self._stopping = "budget"
         if self.per_day is not None:
             # The daily budget is one more bound on what this run may take.
             left = max(0, self.per_day - store.items_on_day(self._today()))
@@ -711,7 +742,8 @@ class Engine:
 
     async def _flush_batch(self, batch: list[tuple[Outcome, dict[str, Any] | None]]) -> None:
         keys, days = self._key_usage()
-        outcomes = await self._io_call(self._commit, batch, keys, days)
+        cost, self._cost_unsaved = self._cost_unsaved, 0.0
+        outcomes = await self._io_call(self._commit, batch, keys, days, cost)
         for outcome in outcomes:
             status = outcome.status.value
             self._move("running", status, 1)
@@ -730,6 +762,7 @@ class Engine:
         batch: list[tuple[Outcome, dict[str, Any] | None]],
         keys: list[KeyUsage],
         days: list[tuple[str, float, str, float]],
+        cost: float = 0.0,
     ) -> list[Outcome]:
         """Sink first, then the statuses; returns the outcomes as committed."""
         outcomes = [o for o, _ in batch]
@@ -746,7 +779,7 @@ class Engine:
                 state, outcomes = self._write_rows_alone(batch)
         self.store.complete(
             outcomes, self.clock.time(), sink_state=state, keys=keys, days=days,
-            lease=self.run_id, day_start=self._today(),
+            lease=self.run_id, day_start=self._today(), cost=cost,
         )  # fmt: skip
         return outcomes
 
@@ -835,6 +868,9 @@ class Engine:
             "stopping": snap.stopping,
             "workers": snap.workers,
             "batch_size": snap.batch_size,
+            "cost_usd": round(snap.cost_total, 6),
+            "cost_per_item_usd": snap.cost_per_item,
+            "cost_per_minute_usd": snap.cost_per_minute,
             "quota_until": snap.quota_until,
         }
 
@@ -853,6 +889,7 @@ class Engine:
         if remaining == 0 and self._source_done:
             eta = 0.0
         keys = [] if self.job.keys is None else self.job.keys.describe(self.clock.time())
+        elapsed = self.clock.monotonic() - self._rates.start
         return Snapshot(
             job=self.job.name,
             total=done + failed + pending + running + skipped,
@@ -863,7 +900,7 @@ class Engine:
             running=running,
             retrying=retrying,
             source_done=self._source_done,
-            elapsed=self.clock.monotonic() - self._rates.start,
+            elapsed=elapsed,
             rate_now=rate_now,
             rate_avg=rate_avg,
             rate_peak=rate_peak,
@@ -880,6 +917,9 @@ class Engine:
             or (self.job.keys.limiter.quota_wait(self.clock.time()) if self.job.keys else None),
             workers=len(self._workers) - self._retire,
             batch_size=self.batching.size,
+            cost_total=self._cost_before + self._cost_run,
+            cost_per_item=(self._cost_run / self._done_run) if self._done_run else None,
+            cost_per_minute=(self._cost_run * 60 / elapsed) if elapsed > 1 else None,
         )
 
 
@@ -896,3 +936,14 @@ def _sink_level(exc: BaseException) -> bool:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().replace("\n", " ")
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _price_for(prices: dict[str, Price], model: str | None) -> Price | None:
+    """The price of ``model``, or of the longest priced name it starts with
+    (``gpt-4o-mini-2024-07-18`` is priced as ``gpt-4o-mini``)."""
+    if model is None:
+        return None
+    if model in prices:
+        return prices[model]
+    names = [name for name in prices if model.startswith(name)]
+    return prices[max(names, key=len)] if names else None

@@ -14,12 +14,13 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .clock import SYSTEM_CLOCK, Clock
 from .context import Context
+from .cost import Price
 from .errors import ConfigError
 from .item import Item
 from .keys import KeyPool
@@ -65,6 +66,7 @@ class Job:
         backoff: Backoff | None = None,
         retry_on: tuple[type[BaseException], ...] = (),
         batch: Batch | None = None,
+        prices: Mapping[str, Price] | None = None,
         needs: Callable[[Item], bool] | None = None,
         priority: Callable[[Item], float] | None = None,
     ) -> None:
@@ -92,6 +94,8 @@ class Job:
         self.backoff = backoff or Backoff()
         self.retry_on = retry_on
         self.batch = batch or Batch()
+        #: USD per million tokens by model: turns the answers' usage into cost.
+        self.prices = dict(prices or {})
         #: ``needs(item)`` false: the item needs no work and is counted as skipped.
         self.needs = needs
         #: ``priority(item)``: higher goes first.
@@ -123,6 +127,7 @@ class Job:
         grace: float = 30.0,
         until_quota: bool = False,
         per_day: int | None = None,
+        budget: float | None = None,
         reporter: Reporter | None = None,
         clock: Clock = SYSTEM_CLOCK,
         install_signal_handlers: bool = False,
@@ -147,6 +152,7 @@ class Job:
             clock=clock,
             until_quota=until_quota,
             per_day=per_day,
+            budget=budget,
         )
         return await run_with_reporter(engine, reporter, install_signal_handlers)
 

@@ -77,11 +77,23 @@ def key_line(key: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def cost_text(s: Snapshot) -> str:
+    """``$1.23 in all · $0.0041/item · $0.35/minute`` (this run's rates)."""
+    parts = [f"${s.cost_total:,.4f} in all"]
+    if s.cost_per_item is not None:
+        parts.append(f"${s.cost_per_item:,.5f}/item")
+    if s.cost_per_minute is not None:
+        parts.append(f"${s.cost_per_minute:,.4f}/minute")
+    return " · ".join(parts)
+
+
 def summary_text(result: RunResult) -> str:
     """The final summary, printed after every run."""
     s = result.snapshot
     if result.stop_reason == "max-items":
         head = f"stopped after --max-items ({s.done_this_run + s.failed_this_run} items)"
+    elif result.stop_reason == "budget":
+        head = "stopped: the budget (--budget) is spent"
     elif result.stop_reason == "per-day":
         head = "stopped: today's item budget (--per-day) is spent; run again tomorrow"
     elif result.stop_reason == "quota":
@@ -105,6 +117,8 @@ def summary_text(result: RunResult) -> str:
     ]
     if s.skipped:
         lines.append(f"  skipped (need no work): {s.skipped:,}")
+    if s.cost_total:
+        lines.append(f"  cost: {cost_text(s)}")
     if s.duplicates:
         lines.append(f"  duplicate ids in the source (skipped): {s.duplicates:,}")
     for key in s.keys:
@@ -236,6 +250,8 @@ class LiveReporter:
             "dim",
         )
         parts: list[object] = [head, bar, counts, rates]
+        if s.cost_total:
+            parts.append(Text(f"cost {cost_text(s)}", "dim"))
         if s.keys:
             keys = Table(box=None, padding=(0, 2), show_edge=False)
             for column in ("key", "requests", "tokens", "today", "429s", "state"):

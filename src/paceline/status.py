@@ -39,6 +39,7 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
         "retrying": 0,
         "skipped": 0,
         "duplicates": 0,
+        "cost_usd": 0.0,
         "source_done": False,
         "keys": [],
         "run": None,
@@ -58,6 +59,7 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
             duplicates, _ = store.duplicates(0)
             failures = store.recent_failures(5)
             source_done = store.source_position()[1]
+            status["cost_usd"] = round(store.cost(), 6)
             status["keys"] = _keys(job, store.key_usage(), store.day_usage, now)
         finally:
             store.close()

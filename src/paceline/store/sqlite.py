@@ -373,6 +373,7 @@ class SQLiteStore:
         days: Sequence[tuple[str, float, str, float]] = (),
         lease: str | None = None,
         day_start: float | None = None,
+        cost: float = 0.0,
     ) -> None:
         """Record finished attempts (after their rows reached the sink), in one commit."""
         db = self.db
@@ -409,6 +410,12 @@ class SQLiteStore:
                         ],
                     )
                 _move(db, "running", status.value, db.total_changes - before)
+            if cost:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('cost_usd', ?) ON CONFLICT (key) "
+                    "DO UPDATE SET value = CAST(CAST(value AS REAL) + ? AS TEXT)",
+                    (str(cost), cost),
+                )
             finished = sum(o.status in (Status.DONE, Status.FAILED) for o in outcomes)
             if day_start is not None and finished:
                 db.execute(
@@ -431,6 +438,11 @@ class SQLiteStore:
                     "DO UPDATE SET used=excluded.used",
                     days,
                 )
+
+    def cost(self) -> float:
+        """USD spent by every run so far (from the answers' usage and the job's prices)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='cost_usd'").fetchone()
+        return 0.0 if row is None else float(row[0])
 
     def items_on_day(self, day_start: float) -> int:
         """Items finished (done or failed) in the local day starting at ``day_start``."""
