@@ -43,11 +43,12 @@ def test_doc_migration(tmp_path: Path, sim_server: SimFactory) -> None:
 
 
 def test_repo_ingestion(tmp_path: Path, sim_server: SimFactory, pg_dsn: str) -> None:
-    sim = sim_server(latency="0.01", limits=KeyLimits(rph=5000))
+    sim = sim_server(latency="0.01", limits=KeyLimits(rph=36_000))
     job = copy_example("repo_ingestion", tmp_path)
     env = {
         "SIM_URL": sim.url,
         "PG_DSN": pg_dsn,
+        "REPO_RPH": "36000",
         "GITHUB_TOKEN": "ghp_example_token_000000000001,ghp_example_token_000000000002",
     }
     assert run_cli("run", job, env=env).returncode == 0
