@@ -63,6 +63,10 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
             status["keys"] = _keys(job, store.key_usage(), store.day_usage, now)
         finally:
             store.close()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return status  # the first run is creating the store this very moment
+        raise StoreError(f"cannot read store {store_path}: {exc}") from None
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"cannot read store {store_path}: {exc}") from None
     in_flight = int(live.stats.get("in_flight", 0)) if live else 0

@@ -280,11 +280,16 @@ def test_status_while_a_run_is_going_from_another_process(
         stderr=subprocess.DEVNULL,
     )
     seen = []
-    while proc.poll() is None:
-        out = run_cli("status", job, "--json")
-        assert out.returncode == 0, out.stderr
-        seen.append(json.loads(out.stdout))
-        time.sleep(0.3)
+    try:
+        while proc.poll() is None:
+            out = run_cli("status", job, "--json")
+            assert out.returncode == 0, out.stderr
+            seen.append(json.loads(out.stdout))
+            time.sleep(0.3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
     assert proc.returncode == 0
     live = [s for s in seen if s["state"] == "running" and s["running"] > 0]
     assert live, seen
