@@ -181,6 +181,8 @@ class Engine:
         self.until_quota = until_quota
         self.per_day = per_day
         self.budget = budget
+        if budget is not None and not job.prices:
+            raise ConfigError("--budget needs prices: Job(prices={model: Price(...)})")
         self.clock = clock
         self.batching = job.batch.start()
         self.flush_interval = flush_interval
@@ -807,6 +809,10 @@ class Engine:
             return
         try:
             await self._flush()
+            async with self._flush_lock:
+                # Key usage, today's quota and cost are saved even with no result left to
+                # write: a run stopped by its budget must not forget what it spent.
+                await self._flush_batch([])
         except Exception as exc:
             if self._fatal is None:
                 self._fatal = exc
@@ -927,6 +933,11 @@ def _sink_level(exc: BaseException) -> bool:
     """Whether a sink error is about the sink (disk, lock) rather than one row's values."""
     if isinstance(exc, OSError):
         return True
+    if type(exc).__module__.startswith("psycopg") and type(exc).__name__ in (
+        "OperationalError",
+        "InterfaceError",
+    ):
+        return True  # the connection, not the row (psycopg is an optional extra)
     if isinstance(exc, sqlite3.OperationalError):
         text = str(exc).lower()
         return any(w in text for w in ("locked", "busy", "disk", "unable to open", "readonly"))

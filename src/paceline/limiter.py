@@ -18,7 +18,7 @@ import datetime as dt
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
@@ -98,6 +98,8 @@ class Lease:
     cost: Cost
     sent_at: float
     released: bool = False
+    # the token reservations this request holds, settled (or refunded) one by one
+    held: list[tuple[WindowMeter, list[float]]] = field(default_factory=list)
 
 
 class Limiter:
@@ -189,8 +191,11 @@ class Limiter:
                     continue
                 # Reserve at the time the request is sent (a cooling key sends later than
                 # its meters would allow), so requests held back do not go as a burst.
+                held: list[tuple[WindowMeter, list[float]]] = []
                 for gcra in key.group.gcra:
                     gcra.reserve(_units(gcra, cost), at)
+                    if isinstance(gcra, WindowMeter) and gcra.last_entry is not None:
+                        held.append((gcra, gcra.last_entry))
                 for day in key.group.day:
                     day.reserve(_units(day, cost), now)
                 self._next = (self.keys.index(key) + 1) % len(self.keys)
@@ -199,20 +204,20 @@ class Limiter:
                     try:
                         await self._sleep(at - now)
                     except (Stopping, asyncio.CancelledError):
-                        self._refund(key, cost)
+                        self._refund(key, cost, held)
                         raise
                     if key.state == "disabled" or key.until > self.clock.time():
-                        self._refund(key, cost)  # the key went bad while we waited
+                        self._refund(key, cost, held)  # the key went bad while we waited
                         continue
                 group = key.group
                 if group.concurrency is not None:
                     if group.concurrency.full:  # taken while we slept: choose again
-                        self._refund(key, cost)
+                        self._refund(key, cost, held)
                         continue
                     group.concurrency.in_flight += 1
                 key.requests += cost.requests
                 key.tokens += cost.tokens
-                return Lease(key, cost, self.clock.time())
+                return Lease(key, cost, self.clock.time(), held=held)
         finally:
             if waited:
                 self.waiting -= 1
@@ -249,8 +254,16 @@ class Limiter:
             self.waited += 1
         return True
 
-    def _refund(self, key: Key, cost: Cost) -> None:
+    def _refund(
+        self, key: Key, cost: Cost, held: Sequence[tuple[WindowMeter, list[float]]] = ()
+    ) -> None:
+        entries = {id(meter): entry for meter, entry in held}
         for meter in key.group.meters():
+            if isinstance(meter, WindowMeter):
+                entry = entries.get(id(meter))
+                if entry is not None:
+                    meter.adjust_entry(entry, -_units(meter, cost))
+                continue
             meter.adjust(-_units(meter, cost))
 
     def _all_out_of_quota(self, now: float) -> bool:
@@ -287,8 +300,15 @@ class Limiter:
         if feedback.tokens_used is not None and lease.cost.tokens != feedback.tokens_used:
             delta = feedback.tokens_used - lease.cost.tokens
             key.tokens += delta
+            entries = {id(meter): entry for meter, entry in lease.held}
             for meter in group.meters():
-                if meter.limit.unit == "tokens":
+                if meter.limit.unit != "tokens":
+                    continue
+                if isinstance(meter, WindowMeter):
+                    entry = entries.get(id(meter))
+                    if entry is not None:
+                        meter.adjust_entry(entry, delta)
+                else:
                     meter.adjust(delta)
         verdict = feedback.verdict
         if verdict is Verdict.OK:
@@ -300,7 +320,7 @@ class Limiter:
             self.rejections += 1
             key.rate_limited += 1
             key.consecutive_429 += 1
-            self._refund(key, lease.cost)  # a refused request spends nothing upstream
+            self._refund(key, lease.cost, lease.held)  # a refused request spends nothing
             # Without advice, wait a little longer after each 429 in a row.
             wait = 1.0 * 2 ** min(key.consecutive_429 - 1, 6)
             until = feedback.retry_at if feedback.retry_at is not None else now + wait
@@ -308,7 +328,7 @@ class Limiter:
             self._slow_down(group, now)
         elif verdict is Verdict.QUOTA_EXHAUSTED:
             key.rate_limited += 1
-            self._refund(key, lease.cost)
+            self._refund(key, lease.cost, lease.held)
             until = feedback.retry_at if feedback.retry_at is not None else math.inf
             if feedback.scope in (None, "day"):  # an hour's quota leaves the day's alone
                 for meter in group.day:

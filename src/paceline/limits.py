@@ -228,12 +228,13 @@ class WindowMeter:
     time, plus its own, fit the limit: never more, and no slack lost.
     """
 
-    __slots__ = ("entries", "factor", "limit", "total")
+    __slots__ = ("entries", "factor", "last_entry", "limit", "total")
 
     def __init__(self, limit: Limit) -> None:
         self.limit = limit
         self.entries: deque[list[float]] = deque()  # [send time, units], in time order
         self.total = 0.0  # units in ``entries``
+        self.last_entry: list[float] | None = None  # the latest reservation, for its lease
         self.factor = 1.0  # as GcraMeter's; token windows are not slowed down
 
     def set_limit(self, limit: Limit) -> None:
@@ -265,10 +266,18 @@ class WindowMeter:
 
     def reserve(self, cost: float, now: float) -> float:
         at = self.ready_at(cost, now)
+        self.last_entry = None
         if cost > 0:
-            self.entries.append([at, cost])
+            self.last_entry = [at, cost]
+            self.entries.append(self.last_entry)
             self.total += cost
         return at
+
+    def adjust_entry(self, entry: list[float], units: float) -> None:
+        """Settle one reservation (its lease's), not whichever came last."""
+        change = max(-entry[1], units)
+        entry[1] += change
+        self.total += change
 
     def adjust(self, units: float) -> None:
         """Settle the latest reservations up (more used) or down (fewer, or refused)."""

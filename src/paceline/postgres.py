@@ -97,8 +97,10 @@ class PostgresSink:
                     self._columns.add(name)
 
     def write(self, rows: Sequence[Row]) -> str | None:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.dsn)  # a dropped connection: this batch goes again
+            self._columns = set()
         conn = self._conn
-        assert conn is not None, "PostgresSink.write before open"
         groups: dict[tuple[str, ...], list[Row]] = {}
         for row in rows:
             groups.setdefault(tuple(row), []).append(row)

@@ -304,11 +304,17 @@ class SQL:
         if self.postgres:
             from .postgres import connect
 
-            conn = connect(self.target)
+            conn = connect(self.target)  # a clear error when the postgres extra is missing
+            import psycopg
+
             try:
                 with conn.transaction(), conn.cursor(name="paceline_source") as cur:
                     cur.itersize = 2000
-                    cur.execute(self.query, self.params)
+                    try:
+                        cur.execute(self.query, self.params)
+                    except psycopg.Error as exc:
+                        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                        raise ConfigError(f"source query failed: {first}") from None
                     names = [d.name for d in cur.description or []]
                     for values in cur:
                         yield dict(zip(names, values, strict=True))

@@ -110,6 +110,11 @@ def test_account_research(tmp_path: Path, sim_server: SimFactory) -> None:
     assert "stopped: the budget (--budget) is spent" in budget.stdout
     spent = json.loads(run_cli("status", fresh, "--json", env=env).stdout)
     assert 0 < spent["done"] < 40
+    assert spent["cost_usd"] >= 0.0005  # what was spent is kept, with the key usage
+    assert sum(k["requests"] for k in spent["keys"]) >= 2 * spent["done"]
+    again = run_cli("run", fresh, "--budget", "0.0005", env=env)
+    assert again.returncode == 0 and "0 done, 0 failed" in again.stdout
+    assert "stopped: the budget (--budget) is spent" in again.stdout
 
 
 def test_user_migration(tmp_path: Path, pg_dsn: str) -> None:
