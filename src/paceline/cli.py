@@ -265,8 +265,14 @@ def plan(jobfile: Path, store: Path | None, requests_per_item: float | None) -> 
     used = sum(k["requests"] for k in status["keys"])
     finished = status["done"] + status["failed"]
     rpi = requests_per_item or (used / finished if finished and used else 1.0)
+    # A shared quota group is counted once, not once per key in it.
+    leaders = {key.masked for key, _ in job.keys.groups()}
     today = sum(
-        d["used"] for k in status["keys"] for d in k.get("today") or [] if d["unit"] == "requests"
+        d["used"]
+        for k in status["keys"]
+        if k["key"] in leaders
+        for d in k.get("today") or []
+        if d["unit"] == "requests"
     )
     now = time.time()
     until_reset = next_day_start(now, zone(job.keys.day_resets)) - now

@@ -639,7 +639,7 @@ class Engine:
             return Outcome(item.seq, Status.FAILED, attempts, message, None, item.id), None
         row = dict(result)
         row["id"] = item.id
-        return Outcome(item.seq, Status.DONE, attempts), row
+        return Outcome(item.seq, Status.DONE, attempts, item_id=item.id, wrote=True), row
 
     def _stop_for_keys(self, reason: str) -> None:
         self.note(reason)

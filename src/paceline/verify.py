@@ -52,7 +52,7 @@ def verify(job: Job, store_path: Path, *, checksum: bool = False) -> Verificatio
     db = sqlite3.connect("")  # private temporary database on disk
     db.execute("CREATE TABLE src (id TEXT PRIMARY KEY)")
     db.execute("CREATE TABLE snk (id TEXT)")
-    db.execute("CREATE TABLE st (id TEXT PRIMARY KEY, status TEXT)")
+    db.execute("CREATE TABLE st (id TEXT PRIMARY KEY, status TEXT, wrote INTEGER)")
     try:
         records = job.source.read(Position())
         while chunk := list(itertools.islice(records, 5000)):
@@ -68,7 +68,7 @@ def verify(job: Job, store_path: Path, *, checksum: bool = False) -> Verificatio
             store = SQLiteStore(store_path, readonly=True)
             try:
                 for batch in store.iter_statuses(5000):
-                    db.executemany("INSERT OR IGNORE INTO st VALUES (?, ?)", batch)
+                    db.executemany("INSERT OR IGNORE INTO st VALUES (?, ?, ?)", batch)
             finally:
                 store.close()
         (result.source,) = db.execute("SELECT count(*) FROM src").fetchone()
@@ -81,7 +81,8 @@ def verify(job: Job, store_path: Path, *, checksum: bool = False) -> Verificatio
         (result.not_done,) = db.execute(
             "SELECT count(*) FROM src WHERE id NOT IN (SELECT id FROM st WHERE status='done')"
         ).fetchone()
-        missing = "FROM st WHERE status='done' AND id NOT IN (SELECT id FROM snk)"
+        # A done item whose task returned None wrote nothing, by design: not missing.
+        missing = "FROM st WHERE status='done' AND wrote AND id NOT IN (SELECT id FROM snk)"
         extra = "FROM (SELECT DISTINCT id FROM snk) WHERE id NOT IN (SELECT id FROM src)"
         (result.missing,) = db.execute(f"SELECT count(*) {missing}").fetchone()
         (result.extra,) = db.execute(f"SELECT count(*) {extra}").fetchone()

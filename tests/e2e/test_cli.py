@@ -343,3 +343,17 @@ def test_verify_compares_source_store_and_sink(tmp_path: Path) -> None:
     assert "missing: 1 done but not in the sink (e.g. k0)" in bad.stdout
     assert "extra:   1 in the sink but not in the source (e.g. ghost)" in bad.stdout
     assert checksum not in bad.stdout and "MISMATCH" in bad.stdout
+
+
+def test_verify_expects_no_row_from_an_item_whose_task_returned_none(tmp_path: Path) -> None:
+    (tmp_path / "job.py").write_text(
+        "from pathlib import Path\nimport paceline as pl\nHERE = Path(__file__).parent\n"
+        "job = pl.Job('some', source=[{'id': str(n)} for n in range(10)],\n"
+        "             sink=pl.JSONLSink(HERE / 'out.jsonl'))\n"
+        "@job.task\nasync def t(item, ctx):\n"
+        "    return {'n': 1} if int(item.id) % 2 else None\n"
+    )
+    assert run_cli("run", tmp_path / "job.py").returncode == 0
+    check = run_cli("verify", tmp_path / "job.py")
+    assert check.returncode == 0, check.stdout
+    assert "sink:    5 rows" in check.stdout and "missing: 0" in check.stdout

@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS items (
     last_error TEXT,
     line       INTEGER,
     lease      TEXT,
+    wrote      INTEGER,  -- 1 when the done item's task returned a row for the sink
     updated_at REAL
 );
 CREATE INDEX IF NOT EXISTS items_pending ON items (priority DESC, seq) WHERE status = 'pending';

@@ -39,6 +39,7 @@ class Outcome:
     error: str | None = None
     not_before: float | None = None
     item_id: str = ""
+    wrote: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,9 +387,9 @@ class SQLiteStore:
                 if status is Status.DONE:
                     db.executemany(
                         "UPDATE items SET status='done', attempts=?, last_error=NULL, "
-                        "lease=NULL, updated_at=? WHERE seq=? AND status='running' "
+                        "lease=NULL, wrote=?, updated_at=? WHERE seq=? AND status='running' "
                         "AND (? IS NULL OR lease=?)",
-                        [(o.attempts, now, o.seq, lease, lease) for o in group],
+                        [(o.attempts, int(o.wrote), now, o.seq, lease, lease) for o in group],
                     )
                 else:
                     db.executemany(
@@ -478,19 +479,20 @@ class SQLiteStore:
 
     # -- reading -----------------------------------------------------------------------
 
-    def iter_statuses(self, size: int) -> Iterator[list[tuple[str, str]]]:
+    def iter_statuses(self, size: int) -> Iterator[list[tuple[str, str, int]]]:
         """(id, status) of every item, in batches of ``size`` (by seq, so a restart of
         the reading does not depend on the count of done items)."""
         last = 0
         while True:
             rows = self.db.execute(
-                "SELECT seq, id, status FROM items WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, id, status, coalesce(wrote, 1) FROM items "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
                 (last, size),
             ).fetchall()
             if not rows:
                 return
             last = rows[-1][0]
-            yield [(r[1], r[2]) for r in rows]
+            yield [(r[1], r[2], r[3]) for r in rows]
 
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT status, n FROM counts"))
