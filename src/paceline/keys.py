@@ -86,16 +86,21 @@ class Key:
 
     def describe_state(self, now: float) -> str:
         """``ready``, ``cooling until 14:03:07``, ``parked until …``, ``disabled``."""
-        if self.state in ("cooling", "parked"):
-            if self.until <= now:
-                return "ready"
-            if math.isinf(self.until):
-                return f"{self.state} for this run"
-            when = dt.datetime.fromtimestamp(self.until).strftime(
-                "%H:%M:%S" if self.until - now < 86400 else "%Y-%m-%d %H:%M"
-            )
-            return f"{self.state} until {when}"
-        return self.state
+        return describe_state(self.state, self.until, now)
+
+
+def describe_state(state: str, until: float | None, now: float) -> str:
+    """A key's state for people; ``until`` of ``None`` or infinity means for this run."""
+    if state not in ("cooling", "parked"):
+        return state
+    if until is None or math.isinf(until):
+        return f"{state} for this run"
+    if until <= now:
+        return "ready"
+    when = dt.datetime.fromtimestamp(until).strftime(
+        "%H:%M:%S" if until - now < 86400 else "%Y-%m-%d %H:%M"
+    )
+    return f"{state} until {when}"
 
 
 _AUTH = re.compile(r"^(bearer|token|header:[A-Za-z0-9-]+|query:[A-Za-z0-9_.-]+)$")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import StoreError
+from .keys import describe_state
 from .limits import day_start
 from .sources import Position
 from .store import KeyUsage, SQLiteStore
@@ -136,15 +136,10 @@ def _keys(
 def _row(
     masked: str, seen: KeyUsage | None, limits: list[str], today: list[dict[str, Any]], now: float
 ) -> dict[str, Any]:
-    state = seen.state if seen else "ready"
     until = seen.until if seen else None
-    if state in ("cooling", "parked"):
-        if until is not None and until <= now:
-            state, until = "ready", None
-        elif until is not None:
-            state = f"{state} until {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(until))}"
-        else:
-            state = f"{state} for the run"
+    state = describe_state(seen.state if seen else "ready", until, now)
+    if state == "ready":
+        until = None
     return {
         "key": masked,
         "requests": seen.requests if seen else 0,

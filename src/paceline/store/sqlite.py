@@ -424,12 +424,7 @@ class SQLiteStore:
                     "(day_start) DO UPDATE SET items = items + excluded.items",
                     (day_start, finished),
                 )
-            if sink_state is not None:
-                db.execute(
-                    "INSERT INTO sink_state (one, value) VALUES (1, ?) "
-                    "ON CONFLICT (one) DO UPDATE SET value=excluded.value",
-                    (sink_state,),
-                )
+            self.set_sink_state(sink_state)
             if keys:
                 self._add_key_usage(keys, now)
             if days:
