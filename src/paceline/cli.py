@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, ops
 from ._jobfile import load_job
 from .errors import PacelineError
 from .report import LiveReporter, LogReporter, Reporter, format_duration, key_line, summary_text
@@ -30,10 +30,11 @@ EXIT_INTERRUPTED = 130
 
 _store_option = click.option(
     "--store",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=str,
     envvar="PACELINE_STORE",
     show_envvar=True,
-    help="Store file (default: .paceline/<job>.db beside the job file).",
+    help="Where the job's state is: a SQLite file (default: .paceline/<job>.db beside the "
+    "job file) or a postgresql:// DSN, shared by workers on many machines.",
 )
 _jobfile = click.argument("jobfile", type=click.Path(path_type=Path))
 
@@ -112,7 +113,7 @@ def cli() -> None:
 )
 def run(
     jobfile: Path,
-    store: Path | None,
+    store: str | None,
     concurrency: int | None,
     sequential: bool,
     until_quota: bool,
@@ -127,9 +128,8 @@ def run(
 ) -> int:
     """Run (or continue) the job defined in JOBFILE."""
     job = load_job(jobfile)
-    store_path = job.store_path(store)
     if dry_run:
-        report = dry_run_report(job, store_path)
+        report = dry_run_report(job, store)
         click.echo(report)
         return 0
     if progress == "auto":
@@ -142,7 +142,7 @@ def run(
     else:
         reporter = None
     result = job.run(
-        store=store_path,
+        store=store,
         concurrency=concurrency,
         sequential=sequential,
         max_items=max_items,
@@ -164,8 +164,8 @@ def run(
     return result.exit_code
 
 
-def dry_run_report(job: Any, store_path: Path) -> str:
-    r = dry_run(job, store_path)
+def dry_run_report(job: Any, store: str | None) -> str:
+    r = dry_run(job, store)
     lines = [
         f"dry run of job {job.name!r}: {r.records:,} records in {job.source.describe()}",
         f"  would run:      {r.new + r.waiting:,} ({r.new:,} new, {r.waiting:,} left from"
@@ -184,10 +184,10 @@ def dry_run_report(job: Any, store_path: Path) -> str:
 @_jobfile
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(jobfile: Path, store: Path | None, as_json: bool) -> int:
+def status(jobfile: Path, store: str | None, as_json: bool) -> int:
     """Show how far the job is; works while it runs, from another process."""
     job = load_job(jobfile)
-    data = job_status(job, job.store_path(store))
+    data = job_status(job, store)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return 0
@@ -222,12 +222,12 @@ def status(jobfile: Path, store: Path | None, as_json: bool) -> int:
 @_jobfile
 @_store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON.")
-def keys(jobfile: Path, store: Path | None, as_json: bool) -> int:
+def keys(jobfile: Path, store: str | None, as_json: bool) -> int:
     """One line per key (masked): limits, use, today's quota, 429s, state."""
     job = load_job(jobfile)
     if job.keys is None:
         raise click.UsageError(f"job {job.name!r} has no keys (Job(keys=KeyPool(...)))")
-    data = job_status(job, job.store_path(store))["keys"]
+    data = job_status(job, store)["keys"]
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return 0
@@ -246,10 +246,9 @@ def keys(jobfile: Path, store: Path | None, as_json: bool) -> int:
     default=None,
     help="Requests one item takes (default: measured from done items, else 1).",
 )
-def plan(jobfile: Path, store: Path | None, requests_per_item: float | None) -> int:
+def plan(jobfile: Path, store: str | None, requests_per_item: float | None) -> int:
     """How long and how much: the pool's capacity, what is pending, when it will finish."""
     import math
-    import time
 
     from .limits import next_day_start, zone
     from .plan import make_plan
@@ -257,11 +256,10 @@ def plan(jobfile: Path, store: Path | None, requests_per_item: float | None) -> 
     job = load_job(jobfile)
     if job.keys is None:
         raise click.UsageError(f"job {job.name!r} has no keys (Job(keys=KeyPool(...)))")
-    path = job.store_path(store)
-    status = job_status(job, path)
+    status = job_status(job, store)
     pending = status["pending"] + status["running"]
     if not status.get("source_done"):
-        pending = dry_run(job, path).new + status["pending"] + status["running"]
+        pending = dry_run(job, store).new + status["pending"] + status["running"]
     used = sum(k["requests"] for k in status["keys"])
     finished = status["done"] + status["failed"]
     rpi = requests_per_item or (used / finished if finished and used else 1.0)
@@ -311,12 +309,12 @@ def plan(jobfile: Path, store: Path | None, requests_per_item: float | None) -> 
 @_jobfile
 @_store_option
 @click.option("--checksum", is_flag=True, help="Also print a SHA-256 of the written rows.")
-def verify(jobfile: Path, store: Path | None, checksum: bool) -> int:
+def verify(jobfile: Path, store: str | None, checksum: bool) -> int:
     """Compare source, store and sink: counts, ids missing or extra. Exit 1 on a mismatch."""
     from .verify import verify as run_verify
 
     job = load_job(jobfile)
-    r = run_verify(job, job.store_path(store), checksum=checksum)
+    r = run_verify(job, store, checksum=checksum)
     click.echo(f"verify job {job.name!r}: {job.sink.describe()}")
     click.echo(f"  source:  {r.source:,} items ({r.invalid:,} invalid lines)")
     click.echo(f"  store:   {r.done:,} done; {r.not_done:,} not done (pending, failed, skipped)")
@@ -341,7 +339,7 @@ def verify(jobfile: Path, store: Path | None, checksum: bool) -> int:
 @_jobfile
 @click.argument("ids", nargs=-1, required=True)
 @_store_option
-def expedite(jobfile: Path, ids: tuple[str, ...], store: Path | None) -> int:
+def expedite(jobfile: Path, ids: tuple[str, ...], store: str | None) -> int:
     """Put items IDS first in line (a running job takes them within a second)."""
     job = load_job(jobfile)
     before = job.expedite(*ids, store=store)
@@ -361,30 +359,37 @@ def expedite(jobfile: Path, ids: tuple[str, ...], store: Path | None) -> int:
 @cli.command()
 @_jobfile
 @_store_option
-def retry(jobfile: Path, store: Path | None) -> int:
+@click.option(
+    "--invalid",
+    is_flag=True,
+    help="Also forget failed source lines and read the source again (after fixing them).",
+)
+def retry(jobfile: Path, store: str | None, invalid: bool) -> int:
     """Put items that failed for good back in line, with a fresh retry budget."""
-    from .store import SQLiteStore
-
     job = load_job(jobfile)
-    path = job.store_path(store)
-    if not path.exists():
-        raise click.UsageError(f"no store at {path}: the job has not run yet")
-    db = SQLiteStore(path)
-    try:
-        db.bind_job(job.name)
-        live = db.live_run(time.time())
-        if live is not None:
-            raise click.UsageError(
-                f"the job is running (pid {live.pid} on {live.host}): "
-                "run `paceline retry` after it stops"
-            )
-        n = db.retry_failed()
-        left = db.counts().get("failed", 0)
-    finally:
-        db.close()
-    click.echo(f"{n:,} failed item(s) put back; run `paceline run {jobfile}` to process them")
-    if left:
-        click.echo(f"{left:,} invalid source line(s) stay failed: fix them in the source")
+    result = ops.retry(job, store, invalid=invalid)
+    click.echo(
+        f"{result.put_back:,} failed item(s) put back; run `paceline run {jobfile}` to process them"
+    )
+    if result.invalid_left:
+        click.echo(
+            f"{result.invalid_left:,} invalid source line(s) stay failed: fix them in the "
+            f"source, then `paceline retry {jobfile} --invalid`"
+        )
+    return 0
+
+
+@cli.command()
+@_jobfile
+@_store_option
+def stop(jobfile: Path, store: str | None) -> int:
+    """Ask every worker running the job to stop gracefully (they finish what is in flight)."""
+    job = load_job(jobfile)
+    n = ops.stop(job, store)
+    if n:
+        click.echo(f"asked {n} worker(s) to stop; they finish the items in flight first")
+    else:
+        click.echo("no worker is running this job")
     return 0
 
 

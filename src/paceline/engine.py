@@ -16,7 +16,6 @@ in between replays rows the sink upserts anyway.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import inspect
@@ -33,7 +32,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
@@ -50,7 +48,7 @@ from .limits import day_start
 from .plan import capacity
 from .retry import classify
 from .sources import IterableSource, Position, Record
-from .store import IngestResult, KeyUsage, Outcome, SQLiteStore
+from .store import IngestResult, KeyUsage, Outcome, Store, describe_target, open_store
 
 if TYPE_CHECKING:
     from .job import Job
@@ -110,7 +108,7 @@ class RunResult:
     snapshot: Snapshot
     interrupted: bool
     stop_reason: str | None
-    store: Path
+    store: str
     sink: str
     exit_code: int = field(init=False)
 
@@ -156,7 +154,7 @@ class Engine:
     def __init__(
         self,
         job: Job,
-        store_path: Path,
+        store_target: str | os.PathLike[str],
         *,
         concurrency: int | None,
         max_items: int | None,
@@ -170,7 +168,7 @@ class Engine:
         if job.task_fn is None:
             raise ConfigError(f"job {job.name!r} has no task: decorate a function with @job.task")
         self.job = job
-        self.store_path = store_path
+        self.store_target = store_target
         # None: automatic. Workers grow while the key pool's limiter admits every request
         # at once (the keys are not yet the bound) and shrink when many wait for a slot.
         self.auto = concurrency is None and job.keys is not None
@@ -193,7 +191,7 @@ class Engine:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="paceline-store")
         self._threads: ThreadPoolExecutor | None = None
         self._processes: ProcessPoolExecutor | None = None
-        self._store: SQLiteStore | None = None
+        self._store: Store | None = None
         self._queue: asyncio.Queue[Item | None] = asyncio.Queue()
         self._results: list[tuple[Outcome, dict[str, Any] | None]] = []
         self._flush_lock = asyncio.Lock()
@@ -268,7 +266,7 @@ class Engine:
         return await loop.run_in_executor(self._io, functools.partial(fn, *args))
 
     @property
-    def store(self) -> SQLiteStore:
+    def store(self) -> Store:
         assert self._store is not None
         return self._store
 
@@ -293,7 +291,7 @@ class Engine:
 
     async def run(self) -> RunResult:
         job = self.job
-        self._store = await self._io_call(SQLiteStore, self.store_path)
+        self._store = await self._io_call(open_store, self.store_target, job.name)
         helpers: list[asyncio.Task[None]] = []
         sink = job.sink
         client = httpx.AsyncClient(
@@ -347,14 +345,17 @@ class Engine:
             raise self._fatal
         interrupted = self._stopping not in (None, "max-items", "per-day", "quota", "budget")
         return RunResult(
-            self.snapshot(), interrupted, self._stopping, self.store_path, sink.describe()
+            self.snapshot(),
+            interrupted,
+            self._stopping,
+            describe_target(self.store_target),
+            sink.describe(),
         )
 
     def _open(self, sink: Any) -> None:
         store = self.store
-        store.bind_job(self.job.name)
-        store.acquire_run(self.run_id, self.clock.time(), STALE_AFTER)
-        store.recover()
+        store.register_worker(self.run_id, self.clock.time(), STALE_AFTER)
+        store.recover(self.clock.time(), STALE_AFTER)
         try:
             store.set_sink_state(sink.open(store.sink_state()))
         except OSError as exc:
@@ -366,7 +367,7 @@ class Engine:
             self._stopping = "budget"
         if self.per_day is not None:
             # The daily budget is one more bound on what this run may take.
-            left = max(0, self.per_day - store.items_on_day(self._today()))
+            left = max(0, self.per_day - store.counter(self._day_counter()))
             if self.max_items is None or left < self.max_items:
                 self.max_items, self._budget_is_daily = left, True
         if self.job.keys is not None:
@@ -386,11 +387,11 @@ class Engine:
         if self._store is None:
             return
         try:
-            self.store.release_lease(self.run_id)
+            self.store.release(self.run_id, self._budgets())
             state = "stopped" if self._stopping else "finished"
             if self._fatal is not None:
                 state = "failed"
-            self.store.finish_run(self.run_id, self.clock.time(), state, self._stats())
+            self.store.finish_worker(self.run_id, self.clock.time(), state, self._stats())
         finally:
             sink.close()
             self.store.close()
@@ -413,7 +414,7 @@ class Engine:
                 self._next_promote = now + 1.0
                 promoted = await self._io_call(self.store.promote_due, now)
                 self._move("retry", "pending", promoted)
-            items = await self._io_call(self.store.claim, room, self.run_id)
+            items = await self._io_call(self.store.claim, room, self.run_id, now, self._budgets())
             if items:
                 self._taken += len(items)
                 self._move("pending", "running", len(items))
@@ -491,7 +492,9 @@ class Engine:
         """Every half second, put expedited items (``paceline expedite``) first in line."""
         while self._stopping is None:
             await asyncio.sleep(EXPEDITE_EVERY)
-            items = await self._io_call(self.store.claim_expedited, self.run_id)
+            items = await self._io_call(
+                self.store.claim_expedited, self.run_id, self.clock.time(), self._budgets()
+            )
             self._move("pending", "running", len(items))
             for item in items:
                 if self._queue.empty():
@@ -779,11 +782,10 @@ class Engine:
                 if _sink_level(exc):
                     raise
                 state, outcomes = self._write_rows_alone(batch)
-        self.store.complete(
-            outcomes, self.clock.time(), sink_state=state, keys=keys, days=days,
-            lease=self.run_id, day_start=self._today(), cost=cost,
+        return self.store.complete(
+            outcomes, self.clock.time(), worker_id=self.run_id, sink_state=state, keys=keys,
+            days=days, cost=cost,
         )  # fmt: skip
-        return outcomes
 
     def _write_rows_alone(
         self, batch: list[tuple[Outcome, dict[str, Any] | None]]
@@ -817,6 +819,16 @@ class Engine:
             if self._fatal is None:
                 self._fatal = exc
 
+    def _day_counter(self) -> str:
+        return f"day:{self._today():.0f}"
+
+    def _budgets(self) -> list[tuple[str, int]]:
+        """The claim budgets of this run, counted in the store."""
+        budgets = []
+        if self.per_day is not None:
+            budgets.append((self._day_counter(), self.per_day))
+        return budgets
+
     def _today(self) -> float:
         """The start of the local day, for the daily item budget."""
         return day_start(self.clock.time(), LOCAL_TZ)
@@ -849,10 +861,15 @@ class Engine:
         while True:
             await asyncio.sleep(HEARTBEAT_EVERY)
             # A missed heartbeat (store busy) is simply retried a second later.
-            with contextlib.suppress(Exception):
-                await self._io_call(
+            try:
+                control = await self._io_call(
                     self.store.heartbeat, self.run_id, self.clock.time(), self._stats()
                 )
+            except Exception:
+                continue
+            if control.stop_requested and self._stopping is None:
+                self.note("paceline stop: finishing the items in flight")
+                self.stop("stop requested")
 
     # -- numbers -----------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from .keys import KeyPool
 from .retry import Backoff
 from .sinks import Batch, Sink, as_sink
 from .sources import Source, as_source
+from .store import is_postgres
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -69,6 +69,8 @@ class Job:
         prices: Mapping[str, Price] | None = None,
         needs: Callable[[Item], bool] | None = None,
         priority: Callable[[Item], float] | None = None,
+        store: str | os.PathLike[str] | None = None,
+        limiter: str | None = None,
     ) -> None:
         if not _NAME.match(name):
             raise ConfigError(
@@ -100,6 +102,12 @@ class Job:
         self.needs = needs
         #: ``priority(item)``: higher goes first.
         self.priority = priority
+        #: Where the job's state lives: a SQLite file (relative to the job file's folder)
+        #: or a ``postgresql://`` DSN; ``--store`` / ``PACELINE_STORE`` override it.
+        self.store = store
+        #: Where the keys' meters live: ``None`` in this process, or ``redis://…`` to share
+        #: them between workers; ``--limiter`` / ``PACELINE_LIMITER`` override it.
+        self.limiter = limiter
         self.task_fn: TaskFn | None = None
         #: Where the default store lives: the job file's folder when run by the CLI.
         self.home = Path.cwd()
@@ -111,11 +119,25 @@ class Job:
         self.task_fn = fn
         return fn
 
-    def store_path(self, store: str | os.PathLike[str] | None = None) -> Path:
-        """The store file: ``store`` if given, else ``.paceline/<job>.db`` beside the job."""
+    def store_target(self, store: str | os.PathLike[str] | None = None) -> str | Path:
+        """Where the job's state is: ``store`` if given (a path relative to the current
+        folder), else the job's own ``store`` (relative to the job file's folder), else
+        ``.paceline/<job>.db`` beside the job file. A ``postgresql://`` DSN stays a str."""
         if store is not None:
-            return Path(store)
-        return self.home / ".paceline" / f"{self.name}.db"
+            return store if isinstance(store, str) and is_postgres(store) else Path(store)
+        if self.store is None:
+            return self.home / ".paceline" / f"{self.name}.db"
+        if isinstance(self.store, str) and is_postgres(self.store):
+            return self.store
+        path = Path(self.store).expanduser()
+        return path if path.is_absolute() else self.home / path
+
+    def store_path(self, store: str | os.PathLike[str] | None = None) -> Path:
+        """The store file (SQLite stores only; see :meth:`store_target`)."""
+        target = self.store_target(store)
+        if isinstance(target, str):
+            raise ConfigError(f"job {self.name!r} keeps its state in PostgreSQL, not in a file")
+        return target
 
     async def run_async(
         self,
@@ -145,7 +167,7 @@ class Job:
             raise ConfigError("per-day must be 0 or more")
         engine = Engine(
             self,
-            self.store_path(store),
+            self.store_target(store),
             concurrency=workers,
             max_items=max_items,
             grace=grace,
@@ -161,17 +183,9 @@ class Job:
         them within a second). Returns each known id's status before; failed or skipped
         items are put back. For on-access ("lazy") migration.
         """
-        from .store import SQLiteStore
+        from .ops import expedite
 
-        path = self.store_path(store)
-        if not path.exists():
-            raise ConfigError(f"no store at {path}: run the job first")
-        db = SQLiteStore(path)
-        try:
-            db.bind_job(self.name)
-            return db.expedite(list(ids), time.time())
-        finally:
-            db.close()
+        return expedite(self, ids, store)
 
     def run(self, **options: Any) -> RunResult:
         """Run the job to its end in a fresh event loop. Options as :meth:`run_async`."""

@@ -6,10 +6,10 @@ Both read the store only (read-only, while a run may be writing it) and call not
 from __future__ import annotations
 
 import itertools
+import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .clock import SYSTEM_CLOCK, Clock
@@ -17,19 +17,31 @@ from .errors import StoreError
 from .keys import describe_state
 from .limits import day_start
 from .sources import Position
-from .store import KeyUsage, SQLiteStore
+from .store import (
+    KeyUsage,
+    StoreReader,
+    WorkerInfo,
+    describe_target,
+    open_store,
+    store_exists,
+)
 
 if TYPE_CHECKING:
     from .job import Job
 
 __all__ = ["DryRunReport", "dry_run", "job_status"]
 
+StoreTarget = str | os.PathLike[str]
 
-def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[str, Any]:
-    """The job's numbers: the fields of ``status --json``."""
+
+def job_status(
+    job: Job, store: StoreTarget | None = None, clock: Clock = SYSTEM_CLOCK
+) -> dict[str, Any]:
+    """The job's numbers: the fields of ``status --json``. Reads the store only."""
+    target = job.store_target(store)
     status: dict[str, Any] = {
         "job": job.name,
-        "store": str(store_path),
+        "store": describe_target(target),
         "state": "not started",
         "total": 0,
         "done": 0,
@@ -43,36 +55,37 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
         "source_done": False,
         "keys": [],
         "run": None,
+        "workers": [],
+        "stop_requested": False,
         "recent_failures": [],
     }
     now = clock.time()
-    if not store_path.exists():
+    reader = _open_reader(job, target)
+    if reader is None:
         if job.keys is not None:
             status["keys"] = _keys(job, [], lambda fp, start: {}, now)
         return status
     try:
-        store = SQLiteStore(store_path, readonly=True)
-        try:
-            counts = store.counts()
-            live = store.live_run(clock.time())
-            last = live or store.last_run()
-            duplicates, _ = store.duplicates(0)
-            failures = store.recent_failures(5)
-            source_done = store.source_position()[1]
-            status["cost_usd"] = round(store.cost(), 6)
-            status["keys"] = _keys(job, store.key_usage(), store.day_usage, now)
-        finally:
-            store.close()
+        counts = reader.counts()
+        live = reader.workers(now)
+        last = live[0] if live else reader.last_run()
+        duplicates, _ = reader.duplicates(0)
+        failures = reader.recent_failures(5)
+        source_done = reader.source_position()[1]
+        status["cost_usd"] = round(reader.cost(), 6)
+        status["keys"] = _keys(job, reader.key_usage(), reader.day_usage, now)
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
             return status  # the first run is creating the store this very moment
-        raise StoreError(f"cannot read store {store_path}: {exc}") from None
+        raise StoreError(f"cannot read store {status['store']}: {exc}") from None
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"cannot read store {store_path}: {exc}") from None
-    in_flight = int(live.stats.get("in_flight", 0)) if live else 0
+        raise StoreError(f"cannot read store {status['store']}: {exc}") from None
+    finally:
+        reader.close()
+    in_flight = sum(int(w.stats.get("in_flight", 0)) for w in live)
     claimed = counts.get("running", 0)
     status.update(
-        state=_state(live is not None, last.state if last else None),
+        state=_state(bool(live), last.state if last else None),
         done=counts.get("done", 0),
         failed=counts.get("failed", 0),
         running=min(in_flight, claimed),
@@ -92,8 +105,44 @@ def job_status(job: Job, store_path: Path, clock: Clock = SYSTEM_CLOCK) -> dict[
             "finished_at": last.finished_at,
             **{k: v for k, v in last.stats.items() if k != "pid"},
         }
+        if len(live) > 1:  # the job's rates are the sum of its workers'
+            for field in ("rate_now", "rate_avg", "in_flight"):
+                status["run"][field] = round(sum(w.stats.get(field) or 0 for w in live), 2)
+            rate = status["run"]["rate_now"] or status["run"]["rate_avg"]
+            left = status["pending"] + status["running"]
+            status["run"]["eta_seconds"] = round(left / rate, 1) if rate and source_done else None
+    status["workers"] = [_worker_row(w) for w in live]
+    status["stop_requested"] = any(w.stats.get("stopping") == "stop requested" for w in live)
     status["recent_failures"] = [{"id": i, "attempts": a, "error": e} for i, a, e in failures]
     return status
+
+
+def _open_reader(job: Job, target: StoreTarget) -> StoreReader | None:
+    """The store, read-only; ``None`` when the job has not run yet."""
+    if not store_exists(target):
+        return None
+    try:
+        return open_store(target, job.name, readonly=True)
+    except StoreError as exc:
+        if "has not run yet" in str(exc):
+            return None
+        raise
+
+
+def _worker_row(w: WorkerInfo) -> dict[str, Any]:
+    return {
+        "worker": w.worker_id[:12],
+        "host": w.host,
+        "pid": w.pid,
+        "started_at": w.started_at,
+        "heartbeat": w.heartbeat,
+        "done": w.stats.get("done_this_run", 0),
+        "failed": w.stats.get("failed_this_run", 0),
+        "in_flight": w.stats.get("in_flight", 0),
+        "rate_now": w.stats.get("rate_now", 0.0),
+        "rate_avg": w.stats.get("rate_avg", 0.0),
+        "stopping": w.stats.get("stopping"),
+    }
 
 
 def _state(live: bool, last: str | None) -> str:
@@ -171,13 +220,13 @@ class DryRunReport:
         return asdict(self)
 
 
-def dry_run(job: Job, store_path: Path) -> DryRunReport:
+def dry_run(job: Job, store: StoreTarget | None = None) -> DryRunReport:
     """Read and validate the whole source; count new, already done and invalid records.
 
     Ids seen are kept in a temporary on-disk table, so memory stays flat for any size.
     """
     report = DryRunReport()
-    store = SQLiteStore(store_path, readonly=True) if store_path.exists() else None
+    reader = _open_reader(job, job.store_target(store))
     seen = sqlite3.connect("")  # a private temporary database on disk
     seen.execute("CREATE TABLE seen (id TEXT PRIMARY KEY)")
     try:
@@ -192,7 +241,7 @@ def dry_run(job: Job, store_path: Path) -> DryRunReport:
                 else:
                     valid.append(r)
             ids = [r.id for r in valid if r.id is not None]
-            known = store.statuses_of(ids) if store is not None else {}
+            known = reader.statuses_of(ids) if reader is not None else {}
             for r in valid:
                 assert r.id is not None
                 if seen.execute("INSERT OR IGNORE INTO seen VALUES (?)", (r.id,)).rowcount == 0:
@@ -210,8 +259,8 @@ def dry_run(job: Job, store_path: Path) -> DryRunReport:
                     report.waiting += 1
     finally:
         seen.close()
-        if store is not None:
-            store.close()
+        if reader is not None:
+            reader.close()
     return report
 
 

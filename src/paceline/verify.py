@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .sources import Position
-from .store import SQLiteStore
+from .store import open_store, store_exists
 
 if TYPE_CHECKING:
     from .job import Job
@@ -44,7 +44,9 @@ class Verification:
         return not (self.missing or self.extra or self.duplicates_in_sink)
 
 
-def verify(job: Job, store_path: Path, *, checksum: bool = False) -> Verification:
+def verify(
+    job: Job, store: str | os.PathLike[str] | None = None, *, checksum: bool = False
+) -> Verification:
     read_rows = getattr(job.sink, "read_rows", None)
     if read_rows is None:
         raise ConfigError(f"cannot verify {job.sink.describe()}: it cannot be read back")
@@ -64,13 +66,14 @@ def verify(job: Job, store_path: Path, *, checksum: bool = False) -> Verificatio
             db.executemany("INSERT INTO snk VALUES (?)", [(str(r.get("id")),) for r in batch])
         if checksum:
             result.checksum = _checksum(read_rows)
-        if store_path.exists():
-            store = SQLiteStore(store_path, readonly=True)
+        target = job.store_target(store)
+        if store_exists(target):
+            reader = open_store(target, job.name, readonly=True)
             try:
-                for batch in store.iter_statuses(5000):
+                for batch in reader.iter_statuses(5000):
                     db.executemany("INSERT OR IGNORE INTO st VALUES (?, ?, ?)", batch)
             finally:
-                store.close()
+                reader.close()
         (result.source,) = db.execute("SELECT count(*) FROM src").fetchone()
         (result.sink,) = db.execute("SELECT count(DISTINCT id) FROM snk").fetchone()
         (result.duplicates_in_sink,) = db.execute(

@@ -265,11 +265,11 @@ def test_recover_returns_running_items_to_pending(store: SQLiteStore) -> None:
     assert [i.id for i in store.claim(10, "new-run")] == ["a", "b", "c"]
 
 
-def test_release_lease_gives_back_only_that_runs_items(store: SQLiteStore) -> None:
+def test_release_gives_back_only_that_runs_items(store: SQLiteStore) -> None:
     ingest(store, *(good(n, f"i{n}") for n in range(1, 6)))
     mine = store.claim(2, "mine")
     theirs = store.claim(2, "theirs")
-    assert store.release_lease("mine") == 2
+    assert store.release("mine") == 2
     assert store.statuses_of([i.id for i in mine + theirs]) == {
         mine[0].id: "pending",
         mine[1].id: "pending",
@@ -277,7 +277,7 @@ def test_release_lease_gives_back_only_that_runs_items(store: SQLiteStore) -> No
         theirs[1].id: "running",
     }
     assert nonzero(store.counts()) == {"pending": 3, "running": 2}
-    assert store.release_lease("mine") == 0
+    assert store.release("mine") == 0
 
 
 def test_retry_failed_gives_failed_items_a_fresh_budget_but_not_invalid_lines(
@@ -347,43 +347,43 @@ def finished_pid() -> int:
     return proc.pid
 
 
-def test_acquire_run_refuses_while_another_live_run_heartbeats(
+def test_register_worker_refuses_while_another_live_run_heartbeats(
     two_stores: tuple[SQLiteStore, SQLiteStore],
 ) -> None:
     first, second = two_stores
-    first.acquire_run("run-1", NOW, STALE_AFTER)
+    first.register_worker("run-1", NOW, STALE_AFTER)
     first.heartbeat("run-1", NOW + 10, {"done": 3})
 
     with pytest.raises(JobAlreadyRunning, match=f"pid {os.getpid()}"):
-        second.acquire_run("run-2", NOW + 20, STALE_AFTER)
+        second.register_worker("run-2", NOW + 20, STALE_AFTER)
     live = second.live_run(NOW + 20, STALE_AFTER)
     assert live is not None
     assert (live.run_id, live.stats) == ("run-1", {"done": 3})
 
 
-def test_acquire_run_succeeds_once_the_other_run_finished(
+def test_register_worker_succeeds_once_the_other_run_finished(
     two_stores: tuple[SQLiteStore, SQLiteStore],
 ) -> None:
     first, second = two_stores
-    first.acquire_run("run-1", NOW, STALE_AFTER)
-    first.finish_run("run-1", NOW + 5, "finished", {})
-    second.acquire_run("run-2", NOW + 6, STALE_AFTER)
+    first.register_worker("run-1", NOW, STALE_AFTER)
+    first.finish_worker("run-1", NOW + 5, "finished", {})
+    second.register_worker("run-2", NOW + 6, STALE_AFTER)
     last = second.last_run()
     assert last is not None
     assert (last.run_id, last.state) == ("run-2", "running")
 
 
-def test_acquire_run_ignores_a_run_whose_process_is_gone(
+def test_register_worker_ignores_a_run_whose_process_is_gone(
     two_stores: tuple[SQLiteStore, SQLiteStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = two_stores
     dead = finished_pid()
     with monkeypatch.context() as m:
         m.setattr(os, "getpid", lambda: dead)
-        first.acquire_run("run-1", NOW, STALE_AFTER)
+        first.register_worker("run-1", NOW, STALE_AFTER)
 
     assert second.live_run(NOW + 1, STALE_AFTER) is None
-    second.acquire_run("run-2", NOW + 1, STALE_AFTER)
+    second.register_worker("run-2", NOW + 1, STALE_AFTER)
     live = second.live_run(NOW + 1, STALE_AFTER)
     assert live is not None
     assert (live.run_id, live.pid) == ("run-2", os.getpid())
@@ -393,12 +393,12 @@ def test_a_run_on_another_host_counts_as_gone_once_its_heartbeat_is_stale(
     two_stores: tuple[SQLiteStore, SQLiteStore],
 ) -> None:
     first, second = two_stores
-    first.acquire_run("run-1", NOW, STALE_AFTER)
+    first.register_worker("run-1", NOW, STALE_AFTER)
     first.db.execute("UPDATE runs SET host='another-host'")  # its pid means nothing here
     first.heartbeat("run-1", NOW + 100, {})
     with pytest.raises(JobAlreadyRunning):
-        second.acquire_run("run-2", NOW + 100 + STALE_AFTER - 1, STALE_AFTER)
-    second.acquire_run("run-2", NOW + 100 + STALE_AFTER + 1, STALE_AFTER)
+        second.register_worker("run-2", NOW + 100 + STALE_AFTER - 1, STALE_AFTER)
+    second.register_worker("run-2", NOW + 100 + STALE_AFTER + 1, STALE_AFTER)
     last = second.last_run()
     assert last is not None
     assert last.run_id == "run-2"
@@ -410,9 +410,9 @@ def test_a_busy_run_on_this_host_holds_the_job_while_its_process_lives(
     # A run whose store thread is busy (a slow source or sink) may miss heartbeats; a
     # second run must still be refused, or both would write the same items.
     first, second = two_stores
-    first.acquire_run("run-1", NOW, STALE_AFTER)  # this very (live) process
+    first.register_worker("run-1", NOW, STALE_AFTER)  # this very (live) process
     with pytest.raises(JobAlreadyRunning):
-        second.acquire_run("run-2", NOW + 10 * STALE_AFTER, STALE_AFTER)
+        second.register_worker("run-2", NOW + 10 * STALE_AFTER, STALE_AFTER)
 
 
 # -- the counts table --------------------------------------------------------------------
@@ -462,7 +462,7 @@ def test_counts_always_match_a_scan_of_the_items(store: SQLiteStore) -> None:
         elif op == "recover":
             store.recover()
         elif op == "release":
-            store.release_lease(rng.choice(["r1", "r2"]))
+            store.release(rng.choice(["r1", "r2"]))
         elif op == "retry_failed":
             store.retry_failed()
         counts = store.counts()

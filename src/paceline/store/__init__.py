@@ -1,5 +1,88 @@
-"""Durable job state. SQLite is the embedded default."""
+"""Durable job state: SQLite by default, PostgreSQL to share a job between workers.
 
-from .sqlite import IngestResult, KeyUsage, Outcome, RunInfo, SQLiteStore
+:func:`open_store` picks the backend from the target: a ``postgresql://`` DSN or a path.
+"""
 
-__all__ = ["IngestResult", "KeyUsage", "Outcome", "RunInfo", "SQLiteStore"]
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .protocol import Budget, RowWriter, Store, StoreReader
+from .records import (
+    EXPEDITED,
+    Control,
+    FailedItem,
+    IngestResult,
+    KeyUsage,
+    Outcome,
+    RunInfo,
+    StoredItem,
+    WorkerInfo,
+    invalid_id,
+)
+from .sqlite import SQLiteStore
+
+__all__ = [
+    "EXPEDITED",
+    "Budget",
+    "Control",
+    "FailedItem",
+    "IngestResult",
+    "KeyUsage",
+    "Outcome",
+    "RowWriter",
+    "RunInfo",
+    "SQLiteStore",
+    "Store",
+    "StoreReader",
+    "StoredItem",
+    "WorkerInfo",
+    "describe_target",
+    "invalid_id",
+    "is_postgres",
+    "open_store",
+    "store_exists",
+]
+
+StoreTarget = str | os.PathLike[str]
+
+
+def is_postgres(target: object) -> bool:
+    """Whether ``target`` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def describe_target(target: StoreTarget) -> str:
+    """``target`` fit for a message: a path, or a DSN without its password."""
+    if is_postgres(target):
+        from .postgres import redacted_dsn
+
+        return redacted_dsn(str(target))
+    return str(target)
+
+
+def store_exists(target: StoreTarget) -> bool:
+    """Whether a SQLite store file exists (a PostgreSQL store is asked when opened)."""
+    return True if is_postgres(target) else Path(target).exists()
+
+
+def open_store(target: StoreTarget, job: str, *, readonly: bool = False) -> Store:
+    """The store at ``target`` for job ``job``: a SQLite file or a PostgreSQL database.
+
+    Read-only opening of a store that does not exist raises
+    :class:`~paceline.errors.StoreError` ("the job has not run yet").
+    """
+    if is_postgres(target):
+        from .postgres import PostgresStore
+
+        store: Store = PostgresStore(str(target), job, readonly=readonly)
+    else:
+        store = SQLiteStore(target, readonly=readonly)
+    if not readonly:
+        try:
+            store.bind_job(job)
+        except BaseException:
+            store.close()
+            raise
+    return store

@@ -1,9 +1,10 @@
 """The SQLite store: durable state of one job's items, runs, source position and keys.
 
-All methods are synchronous and meant to be called from one thread at a time (the engine
-runs them on its single store thread); other processes may read the same file at once,
-which WAL mode allows. Every status change also moves the ``counts`` table in the same
-transaction, so status never scans the items.
+The zero-setup default: one file per job, one worker at a time (a second ``paceline run``
+on the same file is refused while the first lives). Methods are synchronous and meant to
+be called from one thread at a time (the engine's store thread); other processes may read
+the same file at once, which WAL mode allows. Every status change also moves the
+``counts`` table in the same transaction, so status never scans the items.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import socket
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,71 +22,29 @@ from paceline.errors import JobAlreadyRunning, StoreError
 from paceline.item import Item, Status
 from paceline.sources import Position, Record
 
-__all__ = ["IngestResult", "KeyUsage", "Outcome", "RunInfo", "SQLiteStore"]
+from .protocol import Budget, RowWriter
+from .records import (
+    EXPEDITED,
+    Control,
+    FailedItem,
+    IngestResult,
+    KeyUsage,
+    Outcome,
+    StoredItem,
+    WorkerInfo,
+    invalid_id,
+)
+
+__all__ = ["SQLiteStore"]
 
 SCHEMA_VERSION = "1"
-#: The priority an expedited item gets: above any a job's ``priority`` gives.
-EXPEDITED = 1e15
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The end of one attempt: ``done``, ``retry`` (with its due time) or ``failed``."""
-
-    seq: int
-    status: Status
-    attempts: int
-    error: str | None = None
-    not_before: float | None = None
-    item_id: str = ""
-    wrote: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    inserted: int
-    invalid: int
-    duplicates: int
-    skipped: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """A live (or last) run of the job, as recorded in the store."""
-
-    run_id: str
-    pid: int
-    host: str
-    started_at: float
-    heartbeat: float
-    finished_at: float | None
-    state: str
-    stats: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class KeyUsage:
-    """Counters for one key, as kept in the store (masked, by fingerprint)."""
-
-    fingerprint: str
-    masked: str
-    requests: int = 0
-    tokens: int = 0
-    rate_limited: int = 0
-    errors: int = 0
-    state: str = "ready"
-    until: float | None = None
-    reason: str | None = None
-    info: dict[str, Any] | None = None
-
-
-def invalid_id(line: int) -> str:
-    """The id given to a source line that is not a valid item."""
-    return f"@line:{line}"
+_RUN_COLUMNS = "run_id, pid, host, started_at, heartbeat, finished_at, state, stats"
 
 
 class SQLiteStore:
     """A job's durable state in one SQLite file (WAL mode)."""
+
+    shared = False
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
@@ -104,7 +62,7 @@ class SQLiteStore:
                 )
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=FULL")
-                schema = resources.files(__package__).joinpath("schema_sqlite.sql").read_text()
+                schema = resources.files(__package__).joinpath("sql/sqlite.sql").read_text()
                 self.db.executescript(schema)
             self.db.execute("PRAGMA busy_timeout=30000")
         except sqlite3.DatabaseError as exc:
@@ -112,10 +70,17 @@ class SQLiteStore:
         except OSError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc.strerror or exc}") from None
 
+    @property
+    def target(self) -> str:
+        return str(self.path)
+
     def close(self) -> None:
         self.db.close()
 
-    # -- job and runs ------------------------------------------------------------------
+    def shares_database(self, sink: object) -> bool:
+        return False  # a SQLite sink in its own file: sink first, then the statuses
+
+    # -- job and workers ---------------------------------------------------------------
 
     def bind_job(self, name: str) -> None:
         """Tie the store to one job name; refuse a store that belongs to another job."""
@@ -128,11 +93,10 @@ class SQLiteStore:
         elif row[0] != name:
             raise StoreError(f"store {self.path} belongs to job {row[0]!r}, not {name!r}")
 
-    def acquire_run(self, run_id: str, now: float, stale_after: float) -> None:
+    def register_worker(self, worker_id: str, now: float, stale_after: float) -> WorkerInfo:
         """Record a new run, unless another live run holds the job."""
         host, pid = socket.gethostname(), os.getpid()
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self.db):
             for other in self._live_runs(now, stale_after):
                 if other.host == host and not _pid_alive(other.pid):
                     continue
@@ -146,19 +110,15 @@ class SQLiteStore:
             self.db.execute(
                 "INSERT INTO runs (run_id, pid, host, started_at, heartbeat, state) "
                 "VALUES (?, ?, ?, ?, ?, 'running')",
-                (run_id, pid, host, now, now),
+                (worker_id, pid, host, now, now),
             )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        return WorkerInfo(worker_id, worker_id, pid, host, now, now, None, "running", {})
 
-    def _live_runs(self, now: float, stale_after: float) -> list[RunInfo]:
+    def _live_runs(self, now: float, stale_after: float) -> list[WorkerInfo]:
         """Unfinished runs that may still be alive: on this host, while their process
         lives (a busy run may miss heartbeats); elsewhere, while they heartbeat."""
         rows = self.db.execute(
-            "SELECT run_id, pid, host, started_at, heartbeat, finished_at, state, stats "
-            "FROM runs WHERE finished_at IS NULL"
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE finished_at IS NULL"
         ).fetchall()
         host = socket.gethostname()
         runs = [_run(r) for r in rows]
@@ -167,7 +127,18 @@ class SQLiteStore:
             if (r.host == host and _pid_alive(r.pid)) or r.heartbeat > now - stale_after
         ]  # fmt: skip
 
-    def live_run(self, now: float, stale_after: float = 15.0) -> RunInfo | None:
+    def workers(self, now: float, *, live_only: bool = True) -> list[WorkerInfo]:
+        if not live_only:
+            rows = self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC")
+            return [_run(r) for r in rows]
+        host = socket.gethostname()
+        return [
+            run
+            for run in self._live_runs(now, 15.0)
+            if not (run.host == host and not _pid_alive(run.pid))
+        ]
+
+    def live_run(self, now: float, stale_after: float = 15.0) -> WorkerInfo | None:
         """The run holding the job now, if any (a reader's view: pid checks included)."""
         host = socket.gethostname()
         for run in self._live_runs(now, stale_after):
@@ -176,26 +147,49 @@ class SQLiteStore:
             return run
         return None
 
-    def last_run(self) -> RunInfo | None:
+    def last_run(self) -> WorkerInfo | None:
         row = self.db.execute(
-            "SELECT run_id, pid, host, started_at, heartbeat, finished_at, state, stats "
-            "FROM runs ORDER BY started_at DESC LIMIT 1"
+            f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY started_at DESC LIMIT 1"
         ).fetchone()
         return None if row is None else _run(row)
 
-    def heartbeat(self, run_id: str, now: float, stats: dict[str, Any]) -> None:
+    def heartbeat(self, worker_id: str, now: float, stats: dict[str, Any]) -> Control:
         self.db.execute(
             "UPDATE runs SET heartbeat=?, stats=? WHERE run_id=?",
-            (now, json.dumps(stats), run_id),
+            (now, json.dumps(stats), worker_id),
         )
+        row = self.db.execute(
+            "SELECT r.started_at, r.finished_at, m.value FROM runs r "
+            "LEFT JOIN meta m ON m.key = 'stop_requested_at' WHERE r.run_id=?",
+            (worker_id,),
+        ).fetchone()
+        if row is None:
+            return Control(lost=True)
+        started, finished, stop_at = row
+        stop = stop_at is not None and float(stop_at) >= started
+        return Control(stop_requested=stop, lost=finished is not None)
 
-    def finish_run(self, run_id: str, now: float, state: str, stats: dict[str, Any]) -> None:
+    def finish_worker(self, worker_id: str, now: float, state: str, stats: dict[str, Any]) -> None:
         self.db.execute(
             "UPDATE runs SET heartbeat=?, finished_at=?, state=?, stats=? WHERE run_id=?",
-            (now, now, state, json.dumps(stats), run_id),
+            (now, now, state, json.dumps(stats), worker_id),
         )
 
+    def request_stop(self, now: float) -> int:
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('stop_requested_at', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+            (repr(now),),
+        )
+        return len(self.workers(now))
+
     # -- source ------------------------------------------------------------------------
+
+    def lock_source(self, worker_id: str) -> bool:
+        return True  # one worker holds the whole store
+
+    def unlock_source(self) -> None:
+        return None
 
     def source_position(self) -> tuple[Position, bool]:
         row = self.db.execute('SELECT "offset", line, exhausted FROM source_state').fetchone()
@@ -289,25 +283,51 @@ class SQLiteStore:
 
     # -- claiming and completing -------------------------------------------------------
 
-    def recover(self) -> int:
-        """Put items left ``running`` by a dead run back to ``pending``."""
+    def recover(self, now: float = 0.0, stale_after: float = 0.0) -> int:
+        """Put items left ``running`` by a dead run back to ``pending`` (one worker holds
+        the store, so every item not leased to the live run is such an item)."""
         with _transaction(self.db):
             n = self.db.execute(
-                "UPDATE items SET status='pending', lease=NULL WHERE status='running'"
+                "UPDATE items SET status='pending', lease=NULL WHERE status='running' "
+                "AND (lease IS NULL OR lease NOT IN "
+                "(SELECT run_id FROM runs WHERE finished_at IS NULL))"
             ).rowcount
             _move(self.db, "running", "pending", n)
         return n
 
-    def claim(self, limit: int, run_id: str) -> list[Item]:
+    def _room(self, limit: int, budgets: Sequence[Budget]) -> int:
+        for name, most in budgets:
+            limit = min(limit, max(0, most - self.counter(name)))
+        return limit
+
+    def _spend(self, budgets: Sequence[Budget], n: int) -> None:
+        if n:
+            self.db.executemany(
+                "INSERT INTO counters (name, n) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET n = n + excluded.n",
+                [(name, n) for name, _ in budgets],
+            )
+
+    def counter(self, name: str) -> int:
+        row = self.db.execute("SELECT n FROM counters WHERE name=?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def claim(
+        self, limit: int, worker_id: str, now: float = 0.0, budgets: Sequence[Budget] = ()
+    ) -> list[Item]:
         """Take up to ``limit`` pending items, highest priority first, for this run."""
         with _transaction(self.db):
+            limit = self._room(limit, budgets)
+            if limit <= 0:
+                return []
             rows = self.db.execute(
                 "UPDATE items SET status='running', lease=? WHERE seq IN "
                 "(SELECT seq FROM items WHERE status='pending' ORDER BY priority DESC, seq "
                 "LIMIT ?) RETURNING seq, id, data, priority, attempts",
-                (run_id, limit),
+                (worker_id, limit),
             ).fetchall()
             _move(self.db, "pending", "running", len(rows))
+            self._spend(budgets, len(rows))
         rows.sort(key=lambda r: (-r[3], r[0]))
         loads = json.loads
         return [Item(r[1], loads(r[2]), r[3], r[4], r[0]) for r in rows]
@@ -327,28 +347,37 @@ class SQLiteStore:
                 _move(self.db, status, "pending", self.db.total_changes - before)
         return found
 
-    def claim_expedited(self, run_id: str) -> list[Item]:
+    def claim_expedited(
+        self, worker_id: str, now: float = 0.0, budgets: Sequence[Budget] = ()
+    ) -> list[Item]:
         """Take the expedited items waiting (a cheap look at the top of the line)."""
         with _transaction(self.db):
+            limit = self._room(100, budgets)
+            if limit <= 0:
+                return []
             rows = self.db.execute(
                 "UPDATE items SET status='running', lease=? WHERE seq IN "
                 "(SELECT seq FROM items WHERE status='pending' AND priority >= ? "
-                "ORDER BY priority DESC, seq LIMIT 100) "
+                "ORDER BY priority DESC, seq LIMIT ?) "
                 "RETURNING seq, id, data, priority, attempts",
-                (run_id, EXPEDITED),
+                (worker_id, EXPEDITED, limit),
             ).fetchall()
             _move(self.db, "pending", "running", len(rows))
+            self._spend(budgets, len(rows))
         return [Item(r[1], json.loads(r[2]), r[3], r[4], r[0]) for r in rows]
 
-    def release_lease(self, run_id: str) -> int:
+    def release(self, worker_id: str, budgets: Sequence[Budget] = ()) -> int:
         """Give back every item this run still holds (claimed, never finished)."""
         with _transaction(self.db):
             n = self.db.execute(
                 "UPDATE items SET status='pending', lease=NULL WHERE status='running' AND lease=?",
-                (run_id,),
+                (worker_id,),
             ).rowcount
             _move(self.db, "running", "pending", n)
+            self._spend(budgets, -n)
         return n
+
+    release_lease = release
 
     def promote_due(self, now: float) -> int:
         """Move retries whose time has come back to ``pending``."""
@@ -369,18 +398,22 @@ class SQLiteStore:
         outcomes: Sequence[Outcome],
         now: float,
         *,
+        worker_id: str | None = None,
+        rows: Sequence[dict[str, Any]] = (),
+        writer: RowWriter | None = None,
         sink_state: str | None = None,
         keys: Sequence[KeyUsage] = (),
         days: Sequence[tuple[str, float, str, float]] = (),
-        lease: str | None = None,
-        day_start: float | None = None,
         cost: float = 0.0,
-    ) -> None:
+    ) -> list[Outcome]:
         """Record finished attempts (after their rows reached the sink), in one commit."""
+        if writer is not None:
+            raise StoreError("the SQLite store cannot write a sink's rows in its transaction")
         db = self.db
         by_status: dict[Status, list[Outcome]] = {}
         for o in outcomes:
             by_status.setdefault(o.status, []).append(o)
+        lease = worker_id
         with _transaction(db):
             for status, group in by_status.items():
                 before = db.total_changes
@@ -417,13 +450,6 @@ class SQLiteStore:
                     "DO UPDATE SET value = CAST(CAST(value AS REAL) + ? AS TEXT)",
                     (str(cost), cost),
                 )
-            finished = sum(o.status in (Status.DONE, Status.FAILED) for o in outcomes)
-            if day_start is not None and finished:
-                db.execute(
-                    "INSERT INTO job_days (day_start, items) VALUES (?, ?) ON CONFLICT "
-                    "(day_start) DO UPDATE SET items = items + excluded.items",
-                    (day_start, finished),
-                )
             self.set_sink_state(sink_state)
             if keys:
                 self._add_key_usage(keys, now)
@@ -431,20 +457,15 @@ class SQLiteStore:
                 db.executemany(
                     "INSERT INTO key_days (fingerprint, day_start, unit, used) "
                     "VALUES (?, ?, ?, ?) ON CONFLICT (fingerprint, day_start, unit) "
-                    "DO UPDATE SET used=excluded.used",
+                    "DO UPDATE SET used=max(used, excluded.used)",
                     days,
                 )
+        return list(outcomes)
 
     def cost(self) -> float:
         """USD spent by every run so far (from the answers' usage and the job's prices)."""
         row = self.db.execute("SELECT value FROM meta WHERE key='cost_usd'").fetchone()
         return 0.0 if row is None else float(row[0])
-
-    def items_on_day(self, day_start: float) -> int:
-        """Items finished (done or failed) in the local day starting at ``day_start``."""
-        row = self.db.execute("SELECT items FROM job_days WHERE day_start=?", (day_start,))
-        found = row.fetchone()
-        return 0 if found is None else int(found[0])
 
     def sink_state(self) -> str | None:
         row = self.db.execute("SELECT value FROM sink_state").fetchone()
@@ -459,10 +480,13 @@ class SQLiteStore:
             (value,),
         )
 
-    def retry_failed(self) -> int:
+    def retry_failed(self, *, invalid: bool = False) -> int:
         """Put failed items back to ``pending`` with a fresh retry budget.
 
-        Lines that were not valid items stay failed: they need fixing in the source.
+        Lines that were not valid items stay failed: they need fixing in the source. With
+        ``invalid``, they are forgotten instead and the source is read again from its
+        start, so lines fixed since are taken (lines already in the store are not read
+        twice).
         """
         with _transaction(self.db):
             n = self.db.execute(
@@ -470,6 +494,13 @@ class SQLiteStore:
                 "WHERE status='failed' AND data IS NOT NULL"
             ).rowcount
             _move(self.db, "failed", "pending", n)
+            if invalid:
+                gone = self.db.execute(
+                    "DELETE FROM items WHERE status='failed' AND data IS NULL"
+                ).rowcount
+                _move(self.db, None, "failed", -gone)
+                self.db.execute("DELETE FROM source_state")
+                n += gone
         return n
 
     # -- reading -----------------------------------------------------------------------
@@ -489,16 +520,35 @@ class SQLiteStore:
             last = rows[-1][0]
             yield [(r[1], r[2], r[3]) for r in rows]
 
+    def iter_items(self, statuses: Sequence[str] = ()) -> Iterator[StoredItem]:
+        last = 0
+        where = f"AND status IN ({','.join('?' for _ in statuses)})" if statuses else ""
+        while True:
+            rows = self.db.execute(
+                "SELECT seq, id, status, attempts, last_error, line, coalesce(wrote, 0) "
+                f"FROM items WHERE seq > ? {where} ORDER BY seq LIMIT 1000",
+                (last, *statuses),
+            ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            for r in rows:
+                yield StoredItem(r[0], r[1], Status(r[2]), r[3], r[4], r[5], bool(r[6]))
+
     def counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT status, n FROM counts"))
 
     def recent_failures(self, limit: int = 5) -> list[tuple[str, int, str]]:
-        rows = self.db.execute(
-            "SELECT id, attempts, last_error FROM items WHERE status='failed' "
-            "ORDER BY updated_at DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [(r[0], r[1], r[2] or "") for r in rows]
+        return [(f.id, f.attempts, f.error) for f in self.failures(limit)]
+
+    def failures(self, limit: int | None = None) -> Iterator[FailedItem]:
+        cursor = self.db.execute(
+            "SELECT id, attempts, last_error, line, updated_at, data IS NULL FROM items "
+            "WHERE status='failed' ORDER BY updated_at DESC, seq DESC LIMIT ?",
+            (-1 if limit is None else limit,),
+        )
+        for r in cursor:
+            yield FailedItem(r[0], r[1], r[2] or "", r[3], r[4], bool(r[5]))
 
     def key_usage(self) -> list[KeyUsage]:
         rows = self.db.execute(
@@ -506,18 +556,7 @@ class SQLiteStore:
             "reason, info FROM keys ORDER BY masked"
         ).fetchall()
         return [
-            KeyUsage(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-                json.loads(r[9]) if r[9] else None,
-            )
+            KeyUsage(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], _json(r[9]))
             for r in rows
         ]
 
@@ -539,23 +578,20 @@ class SQLiteStore:
             "rate_limited=rate_limited+excluded.rate_limited, errors=errors+excluded.errors, "
             "state=excluded.state, until=excluded.until, reason=excluded.reason, "
             "info=excluded.info, updated_at=excluded.updated_at",
-            [
-                (
-                    k.fingerprint,
-                    k.masked,
-                    k.requests,
-                    k.tokens,
-                    k.rate_limited,
-                    k.errors,
-                    k.state,
-                    k.until,
-                    k.reason,
-                    json.dumps(k.info) if k.info is not None else None,
-                    now,
-                )
-                for k in keys
-            ],
+            [_key_row(k, now) for k in keys],
         )
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _key_row(k: KeyUsage, now: float) -> tuple[Any, ...]:
+    info = json.dumps(k.info) if k.info is not None else None
+    return (
+        k.fingerprint, k.masked, k.requests, k.tokens, k.rate_limited, k.errors, k.state,
+        k.until, k.reason, info, now,
+    )  # fmt: skip
 
 
 class _transaction:
@@ -568,20 +604,23 @@ class _transaction:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:  # an error may have ended the transaction already
+            self.db.execute("ROLLBACK")
 
 
 def _move(db: sqlite3.Connection, src: str | None, dst: str, n: int) -> None:
-    if n <= 0:
+    if n == 0:
         return
     if src is not None:
         db.execute("UPDATE counts SET n = n - ? WHERE status = ?", (n, src))
     db.execute("UPDATE counts SET n = n + ? WHERE status = ?", (n, dst))
 
 
-def _run(row: Sequence[Any]) -> RunInfo:
+def _run(row: Sequence[Any]) -> WorkerInfo:
     stats = json.loads(row[7]) if row[7] else {}
-    return RunInfo(row[0], row[1], row[2], row[3], row[4], row[5], row[6], stats)
+    return WorkerInfo(row[0], row[0], row[1], row[2], row[3], row[4], row[5], row[6], stats)
 
 
 def _pid_alive(pid: int) -> bool:

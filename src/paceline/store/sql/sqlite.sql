@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS duplicates (
     PRIMARY KEY (line, id)
 );
 
+-- One row per worker process (on SQLite, one worker is one run).
 CREATE TABLE IF NOT EXISTS runs (
     run_id      TEXT PRIMARY KEY,
     pid         INTEGER NOT NULL,
@@ -79,10 +80,10 @@ CREATE TABLE IF NOT EXISTS keys (
     updated_at   REAL
 );
 
--- Items finished per local day, for a daily item budget (--per-day).
-CREATE TABLE IF NOT EXISTS job_days (
-    day_start REAL PRIMARY KEY,
-    items     INTEGER NOT NULL
+-- Claim budgets: items taken per run (--max-items) and per local day (--per-day).
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    n    INTEGER NOT NULL
 );
 
 -- Daily quota spent per key group and day window, so a restart knows what is left today.
