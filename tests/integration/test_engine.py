@@ -27,6 +27,9 @@ def item_row(store: Path, item_id: str) -> Any:
         return db.execute(
             "SELECT status, attempts, not_before, last_error FROM items WHERE id=?", (item_id,)
         ).fetchone()
+    except sqlite3.OperationalError as exc:
+        assert "no such table" in str(exc)  # the run is creating the store this moment
+        return None
     finally:
         db.close()
 

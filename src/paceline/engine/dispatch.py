@@ -1,0 +1,225 @@
+"""Dispatching: claimed items to free workers, one at a time, as soon as one is free.
+
+The feeder keeps a small queue stocked from the store (due retries rejoin the line first);
+workers take the next item the moment they finish one, so nothing waits for a batch.
+Expedited items (``paceline expedite``) are looked for twice a second and go first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from paceline.clock import Clock
+from paceline.item import Item
+
+from .attempt import Attempts
+from .budget import Budgets
+from .commit import Committer
+from .progress import Progress
+from .state import RunState
+from .storeio import StoreIO
+
+__all__ = ["EXPEDITE_EVERY", "Dispatcher"]
+
+EXPEDITE_EVERY = 0.5
+
+
+class Dispatcher:
+    """The queue of claimed items and the workers that run them."""
+
+    def __init__(
+        self,
+        io: StoreIO,
+        progress: Progress,
+        state: RunState,
+        clock: Clock,
+        worker_id: str,
+        budgets: Budgets,
+        attempts: Attempts,
+        committer: Committer,
+    ) -> None:
+        self.io = io
+        self.progress = progress
+        self.state = state
+        self.clock = clock
+        self.worker_id = worker_id
+        self.budgets = budgets
+        self.attempts = attempts
+        self.committer = committer
+        self.queue: asyncio.Queue[Item | None] = asyncio.Queue()
+        self.urgent: deque[Item] = deque()  # expedited items, taken before the queue
+        self.workers: set[asyncio.Task[None]] = set()
+        self.retiring = 0
+        self.in_flight = 0
+        self._next_promote = 0.0
+        self.target = self.low_water = 0
+
+    # -- workers -----------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Workers now (those retiring after their current item not counted)."""
+        return len(self.workers) - self.retiring
+
+    def _set_target(self, workers: int) -> None:
+        # Items kept claimed ahead of the workers: enough to never starve them, few
+        # enough that a stop hands little back and a priority change shows soon.
+        self.target = max(2 * workers, min(512, 8 * workers))
+        self.low_water = self.target // 2
+
+    def spawn(self, n: int) -> None:
+        for _ in range(n):
+            task = asyncio.create_task(self._work())
+            self.workers.add(task)
+            task.add_done_callback(self.workers.discard)
+        self._set_target(self.size)
+
+    def shrink(self, by: int) -> None:
+        """``by`` workers leave after their current item."""
+        if by > 0:
+            self.retiring += by
+            self._set_target(self.size)
+
+    async def _work(self) -> None:
+        queue = self.queue
+        while True:
+            item = self.urgent.popleft() if self.urgent else await queue.get()
+            if item is None:
+                return
+            if queue.qsize() < self.low_water:
+                self.state.progress.set()
+            self.in_flight += 1
+            try:
+                result = await self.attempts.run(item)
+            finally:
+                self.in_flight -= 1
+            if result is None:
+                return  # the item stays claimed and is handed back when the run closes
+            self.committer.add(result)
+            if not self.in_flight:
+                self.state.progress.set()
+            if self.retiring > 0:
+                self.retiring -= 1
+                return
+            await self.committer.wait_room()
+
+    # -- feeding -----------------------------------------------------------------------
+
+    async def feed(self) -> None:
+        """Keep the queue stocked from the store until the work is done or a stop."""
+        io, store, state = self.io, self.io.store, self.state
+        while state.taking:
+            room = self.target - self.queue.qsize()
+            if room < self.low_water:
+                await self.wait_progress(0.5)
+                continue
+            now = self.clock.time()
+            if now >= self._next_promote:
+                # Due retries rejoin the line now, not only once the backlog is empty.
+                self._next_promote = now + 1.0
+                self.progress.move("retry", "pending", await io.call(store.promote_due, now))
+            caps = self.budgets.caps()
+            items = await io.call(store.claim, room, self.worker_id, now, caps)
+            if items:
+                self._enqueue(items)
+                continue
+            if caps:
+                reason = await io.call(self.budgets.spent, store)
+                if reason is not None:
+                    state.finish_soft(reason)
+                    break
+            if not self.progress.source_done:
+                await self.wait_progress(0.2)
+                continue
+            promoted = await io.call(store.promote_due, self.clock.time())
+            if promoted:
+                self.progress.move("retry", "pending", promoted)
+                continue
+            if self.in_flight or self.queue.qsize() or self.committer.waiting:
+                await self.wait_progress(0.5)
+                continue
+            due = await io.call(store.next_due)
+            if due is None:
+                if store.shared and await self._others_busy():
+                    await self.wait_progress(1.0)
+                    continue
+                return  # nothing pending, nothing waiting, nothing in flight: finished
+            await self.wait_progress(max(0.0, min(due - self.clock.time(), 1.0)))
+
+    async def _others_busy(self) -> bool:
+        """Whether other workers still hold items (theirs may come back as retries, or be
+        taken over if their worker died)."""
+        counts = await self.io.call(self.io.store.counts)
+        return bool(counts.get("running", 0) or counts.get("pending", 0))
+
+    def _enqueue(self, items: list[Item]) -> None:
+        self.progress.move("pending", "running", len(items))
+        for item in items:
+            self.queue.put_nowait(item)
+
+    async def wait_progress(self, timeout: float) -> None:
+        """Wait for a worker, the committer or the source to move, or ``timeout``
+        clock-seconds (a test moving a fake clock past a retry's due time wakes the run)."""
+        self.state.progress.clear()
+        waiters = [
+            asyncio.ensure_future(self.state.progress.wait()),
+            asyncio.ensure_future(self.clock.sleep(timeout)),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def expedite_forever(self) -> None:
+        """Every half second, put expedited items (``paceline expedite``) first in line."""
+        io, store = self.io, self.io.store
+        while self.state.taking:
+            await self.clock.sleep(EXPEDITE_EVERY)
+            items = await io.call(
+                store.claim_expedited, self.worker_id, self.clock.time(), self.budgets.caps()
+            )
+            self.progress.move("pending", "running", len(items))
+            for item in items:
+                if self.queue.empty():
+                    self.queue.put_nowait(item)  # workers wait on the queue: wake one
+                else:
+                    self.urgent.append(item)
+
+    # -- ending ------------------------------------------------------------------------
+
+    async def shut_down(self, grace: float) -> None:
+        """Let the workers end: after the queue when the work is done (or a budget is
+        reached); after their attempt in flight, within ``grace``, on a stop; at once on
+        a second signal or a fatal error."""
+        loop = asyncio.get_running_loop()
+        state = self.state
+        hard = asyncio.create_task(state.hard_stop.wait())
+        interrupt = asyncio.create_task(state.interrupt.wait())
+        remaining: set[asyncio.Task[Any]] = set(self.workers)
+        deadline: float | None = None
+        for _ in remaining:
+            self.queue.put_nowait(None)
+        try:
+            while remaining and not hard.done():
+                if deadline is None and state.interrupt.is_set():
+                    # Items claimed but not started go back to the store (on close).
+                    self.urgent.clear()
+                    while not self.queue.empty():
+                        self.queue.get_nowait()
+                    for _ in remaining:
+                        self.queue.put_nowait(None)
+                    deadline = loop.time() + grace
+                timeout = None if deadline is None else deadline - loop.time()
+                if timeout is not None and timeout <= 0:
+                    break
+                done, _ = await asyncio.wait(
+                    [*remaining, hard, interrupt], timeout=timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
+                remaining -= done
+        finally:
+            hard.cancel()
+            interrupt.cancel()
