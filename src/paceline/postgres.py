@@ -64,6 +64,7 @@ class PostgresSink:
                 raise ConfigError(f"PostgresSink: {name!r} is not a plain identifier")
         self.dsn = dsn
         self.table = table
+        self.schema = schema
         self.qualified = f'"{schema}"."{table}"' if schema else f'"{table}"'
         self._conn: Any = None
         self._columns: set[str] = set()
@@ -76,51 +77,60 @@ class PostgresSink:
         self._columns = set()
         return None
 
-    def _ensure_columns(self, rows: Sequence[Row]) -> None:
-        cur = self._conn.cursor()
+    def _ensure_columns(self, conn: Any, rows: Sequence[Row]) -> None:
+        cur = conn.cursor()
+        new = {name: value for row in rows for name, value in row.items()}
+        if self._columns and not set(new) - self._columns:
+            return
+        # Workers creating the table or its columns at once take turns (until commit).
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.qualified,))
         if not self._columns:
             cur.execute(f"CREATE TABLE IF NOT EXISTS {self.qualified} (id TEXT PRIMARY KEY)")
             cur.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = %s",
-                (self.table,),
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+                "AND table_schema = coalesce(%s, current_schema())",
+                (self.table, self.schema),
             )
             self._columns = {r[0] for r in cur.fetchall()}
+        for name, value in new.items():
+            if name not in self._columns:
+                if not _NAME.match(name):
+                    raise ConfigError(f"result field {name!r} is not a valid column name")
+                cur.execute(
+                    f'ALTER TABLE {self.qualified} ADD COLUMN IF NOT EXISTS "{name}" '
+                    f"{_pg_type(value)}"
+                )
+                self._columns.add(name)
+
+    def write_in(self, conn: Any, rows: Sequence[Row]) -> None:
+        """Upsert ``rows`` on ``conn`` inside its open transaction (the store's, when the
+        table is in the store's database: rows and ``done`` marks then commit together)."""
+        groups: dict[tuple[str, ...], list[Row]] = {}
         for row in rows:
-            for name, value in row.items():
-                if name not in self._columns:
-                    if not _NAME.match(name):
-                        raise ConfigError(f"result field {name!r} is not a valid column name")
-                    cur.execute(
-                        f'ALTER TABLE {self.qualified} ADD COLUMN IF NOT EXISTS "{name}" '
-                        f"{_pg_type(value)}"
-                    )
-                    self._columns.add(name)
+            groups.setdefault(tuple(row), []).append(row)
+        try:
+            self._ensure_columns(conn, rows)
+            cur = conn.cursor()
+            for names, group in groups.items():
+                cols = ", ".join(f'"{n}"' for n in names)
+                marks = ", ".join("%s" for _ in names)
+                updates = ", ".join(f'"{n}" = EXCLUDED."{n}"' for n in names if n != "id")
+                action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+                cur.executemany(
+                    f"INSERT INTO {self.qualified} ({cols}) VALUES ({marks}) "
+                    f"ON CONFLICT (id) {action}",
+                    [[_pg_value(r[n]) for n in names] for r in group],
+                )
+        except Exception:
+            self._columns = set()  # the transaction rolls back any ALTER: look again
+            raise
 
     def write(self, rows: Sequence[Row]) -> str | None:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.dsn)  # a dropped connection: this batch goes again
             self._columns = set()
-        conn = self._conn
-        groups: dict[tuple[str, ...], list[Row]] = {}
-        for row in rows:
-            groups.setdefault(tuple(row), []).append(row)
-        try:
-            with conn.transaction():
-                self._ensure_columns(rows)
-                cur = conn.cursor()
-                for names, group in groups.items():
-                    cols = ", ".join(f'"{n}"' for n in names)
-                    marks = ", ".join("%s" for _ in names)
-                    updates = ", ".join(f'"{n}" = EXCLUDED."{n}"' for n in names if n != "id")
-                    action = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-                    cur.executemany(
-                        f"INSERT INTO {self.qualified} ({cols}) VALUES ({marks}) "
-                        f"ON CONFLICT (id) {action}",
-                        [[_pg_value(r[n]) for n in names] for r in group],
-                    )
-        except Exception:
-            self._columns = set()  # the transaction rolled back any ALTER: look again
-            raise
+        with self._conn.transaction():
+            self.write_in(self._conn, rows)
         return None
 
     def read_rows(self) -> Iterator[Row]:

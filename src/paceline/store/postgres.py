@@ -531,6 +531,7 @@ class PostgresStore:
         """Record finished attempts in one transaction; with ``writer`` the sink rows of
         the ``done`` items whose lease held go in the same transaction."""
         psycopg = self.psycopg
+        outcomes = list({o.seq: o for o in outcomes}.values())  # one outcome per item
 
         def complete(conn: Any) -> list[Outcome]:
             with conn.transaction():

@@ -78,7 +78,8 @@ class StoreReader(Protocol):
         ...
 
     def iter_items(self, statuses: Sequence[str] = ()) -> Iterator[StoredItem]:
-        """Every item (or those of ``statuses``) in source order, streamed."""
+        """Every item (or those of ``statuses``) in the order read (within one chunk, its
+        invalid lines after its items), streamed."""
         ...
 
     def statuses_of(self, ids: Sequence[str]) -> dict[str, str]: ...

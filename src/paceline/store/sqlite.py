@@ -410,11 +410,18 @@ class SQLiteStore:
         if writer is not None:
             raise StoreError("the SQLite store cannot write a sink's rows in its transaction")
         db = self.db
+        outcomes = list({o.seq: o for o in outcomes}.values())  # one outcome per item
         by_status: dict[Status, list[Outcome]] = {}
         for o in outcomes:
             by_status.setdefault(o.status, []).append(o)
         lease = worker_id
         with _transaction(db):
+            held = self._held([o.seq for o in outcomes], lease)
+            if len(held) < len(outcomes):  # a lease was lost: those outcomes count not
+                outcomes = [o for o in outcomes if o.seq in held]
+                by_status = {}
+                for o in outcomes:
+                    by_status.setdefault(o.status, []).append(o)
             for status, group in by_status.items():
                 before = db.total_changes
                 if status is Status.DONE:
@@ -461,6 +468,22 @@ class SQLiteStore:
                     days,
                 )
         return list(outcomes)
+
+    def _held(self, seqs: Sequence[int], lease: str | None) -> set[int]:
+        """Which of ``seqs`` are running under ``lease`` (any lease when ``None``)."""
+        held: set[int] = set()
+        for start in range(0, len(seqs), 500):
+            chunk = list(seqs[start : start + 500])
+            marks = ",".join("?" for _ in chunk)
+            held.update(
+                r[0]
+                for r in self.db.execute(
+                    f"SELECT seq FROM items WHERE seq IN ({marks}) AND status='running' "
+                    "AND (? IS NULL OR lease=?)",
+                    (*chunk, lease, lease),
+                )
+            )
+        return held
 
     def cost(self) -> float:
         """USD spent by every run so far (from the answers' usage and the job's prices)."""
