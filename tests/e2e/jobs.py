@@ -52,3 +52,53 @@ def write_sim_job(folder: Path, items: int, *, sink: str = "jsonl", concurrency:
 
 def expected_summary(item_id: str, n: int) -> str:
     return f"Summary: item {item_id} words of item {n}"
+
+
+# A job many workers share: its state in PostgreSQL (--store), its rows in a table of the
+# same database, so rows and done marks commit together. The task takes a little time and
+# its answer is a function of the item, so a row can be checked.
+WORKER_JOB = """
+import asyncio
+import os
+import random
+from pathlib import Path
+
+import paceline as pl
+
+HERE = Path(__file__).parent
+job = pl.Job(
+    "shared",
+    source=pl.JSONL(HERE / "items.jsonl", id="id"),
+    sink={sink},
+    concurrency={concurrency},
+)
+
+
+@job.task
+async def work(item, ctx):
+    await asyncio.sleep(random.uniform({low}, {high}))
+    return {{"n": item.data["n"], "square": item.data["n"] ** 2, "host": os.uname().nodename}}
+"""
+
+
+def write_worker_job(
+    folder: Path,
+    items: int,
+    *,
+    sink: str = "postgres",
+    concurrency: int = 8,
+    latency: tuple[float, float] = (0.005, 0.02),
+) -> Path:
+    """Write items.jsonl and job.py for a job shared by workers; returns the job file."""
+    with (folder / "items.jsonl").open("w") as f:
+        for n in range(items):
+            f.write(f'{{"id": "it-{n:05d}", "n": {n}}}\n')
+    sink_code = {
+        "postgres": 'pl.PostgresSink(os.environ["PG_DSN"], table="results")',
+        "jsonl": 'pl.JSONLSink(HERE / "out.jsonl")',
+    }[sink]
+    job = folder / "job.py"
+    job.write_text(
+        WORKER_JOB.format(sink=sink_code, concurrency=concurrency, low=latency[0], high=latency[1])
+    )
+    return job

@@ -46,9 +46,7 @@ def test_workers_claiming_at_once_never_get_the_same_item(stores: list[PostgresS
             mine += [i.id for i in batch]
         claimed[worker] = mine
 
-    threads = [
-        threading.Thread(target=claim_all, args=(s, f"w{n}")) for n, s in enumerate(stores)
-    ]
+    threads = [threading.Thread(target=claim_all, args=(s, f"w{n}")) for n, s in enumerate(stores)]
     for t in threads:
         t.start()
     for t in threads:
@@ -124,9 +122,7 @@ def test_a_sink_in_the_store_database_commits_with_the_done_marks(pg_dsn: str) -
         store.claim(1, "thief", NOW)  # takes a: w's lease on it is gone
         w_items = store.claim(3, "w", NOW)
         assert {i.id for i in w_items} == {b.id, c.id, d.id}
-        outcomes = [
-            Outcome(i.seq, Status.DONE, 1, item_id=i.id, wrote=True) for i in (a, b, c, d)
-        ]
+        outcomes = [Outcome(i.seq, Status.DONE, 1, item_id=i.id, wrote=True) for i in (a, b, c, d)]
         rows: list[dict[str, Any]] = [
             {"id": a.id, "v": 1},
             {"id": b.id, "v": 2},

@@ -28,6 +28,7 @@ from paceline.errors import ConfigError, StoreError
 from paceline.item import Item, Status
 from paceline.sources import Position, Record
 
+from ._process import worker_alive
 from .protocol import Budget, RowWriter
 from .records import (
     EXPEDITED,
@@ -158,6 +159,12 @@ class PostgresStore:
                 if self.conn is None or self.conn.closed:
                     self._reconnect()
                 return fn(self.conn)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+                # Rolled back whole: run the transaction again (rare: locks are taken in
+                # one order everywhere; two workers may still meet on a counts shard).
+                if time.monotonic() > deadline:
+                    raise StoreError(f"store {self.target}: {_first_line(exc)}") from None
+                time.sleep(random.uniform(0.01, 0.1))
             except (psycopg.OperationalError, psycopg.InterfaceError, StoreConnectionError) as exc:
                 broken = self.conn is None or self.conn.closed or self.conn.broken
                 if not (broken or isinstance(exc, StoreConnectionError)) or not retry:
@@ -256,7 +263,7 @@ class PostgresStore:
         def register(conn: Any) -> WorkerInfo:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key + 2,))
-                conn.execute(self.q["bury_workers"], {"now": now, "since": now - stale_after})
+                self._bury(conn, now, stale_after)
                 live = conn.execute(self.q["live_workers"], {"since": now - stale_after})
                 alive = [_worker(r) for r in live]
                 run_id = alive[-1].run_id if alive else worker_id
@@ -312,12 +319,22 @@ class PostgresStore:
     def recover(self, now: float, stale_after: float) -> int:
         def recover(conn: Any) -> int:
             with conn.transaction():
-                conn.execute(self.q["bury_workers"], {"now": now, "since": now - stale_after})
+                self._bury(conn, now, stale_after)
                 n = len(conn.execute(self.q["recover"]).fetchall())
                 self._move(conn, {"running": -n, "pending": n})
             return n
 
         return self._call(recover)
+
+    def _bury(self, conn: Any, now: float, stale_after: float) -> None:
+        """Mark gone the workers whose heartbeat stopped, and at once those of this
+        machine whose process has exited (a worker restarted here takes over at once)."""
+        conn.execute(self.q["bury_workers"], {"now": now, "since": now - stale_after})
+        host = socket.gethostname()
+        here = conn.execute(self.q["live_here"], {"host": host}).fetchall()
+        gone = [w for w, pid, started in here if not worker_alive(int(pid), float(started))]
+        if gone:
+            conn.execute(self.q["bury"], {"now": now, "workers": gone})
 
     # -- counts and budgets ------------------------------------------------------------
 
@@ -495,6 +512,9 @@ class PostgresStore:
     def release(self, worker_id: str, budgets: Sequence[Budget] = ()) -> int:
         def release(conn: Any) -> int:
             with conn.transaction():
+                if budgets:  # counters first, as a claim takes them: one lock order
+                    names = sorted(name for name, _ in budgets)
+                    conn.execute(self.q["counter_for_update"], {"names": names})
                 n = len(conn.execute(self.q["release"], {"worker": worker_id}).fetchall())
                 self._move(conn, {"running": -n, "pending": n})
                 self._spend(conn, budgets, -n)

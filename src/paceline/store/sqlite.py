@@ -22,6 +22,7 @@ from paceline.errors import JobAlreadyRunning, StoreError
 from paceline.item import Item, Status
 from paceline.sources import Position, Record
 
+from ._process import worker_alive
 from .protocol import Budget, RowWriter
 from .records import (
     EXPEDITED,
@@ -98,7 +99,7 @@ class SQLiteStore:
         host, pid = socket.gethostname(), os.getpid()
         with _transaction(self.db):
             for other in self._live_runs(now, stale_after):
-                if other.host == host and not _pid_alive(other.pid):
+                if other.host == host and not worker_alive(other.pid, other.started_at):
                     continue
                 raise JobAlreadyRunning(
                     f"this job is already running (pid {other.pid} on {other.host}, "
@@ -124,7 +125,8 @@ class SQLiteStore:
         runs = [_run(r) for r in rows]
         return [
             r for r in runs
-            if (r.host == host and _pid_alive(r.pid)) or r.heartbeat > now - stale_after
+            if (r.host == host and worker_alive(r.pid, r.started_at))
+            or r.heartbeat > now - stale_after
         ]  # fmt: skip
 
     def workers(self, now: float, *, live_only: bool = True) -> list[WorkerInfo]:
@@ -135,14 +137,14 @@ class SQLiteStore:
         return [
             run
             for run in self._live_runs(now, 15.0)
-            if not (run.host == host and not _pid_alive(run.pid))
+            if not (run.host == host and not worker_alive(run.pid, run.started_at))
         ]
 
     def live_run(self, now: float, stale_after: float = 15.0) -> WorkerInfo | None:
         """The run holding the job now, if any (a reader's view: pid checks included)."""
         host = socket.gethostname()
         for run in self._live_runs(now, stale_after):
-            if run.host == host and not _pid_alive(run.pid):
+            if run.host == host and not worker_alive(run.pid, run.started_at):
                 continue
             return run
         return None
@@ -644,13 +646,3 @@ def _move(db: sqlite3.Connection, src: str | None, dst: str, n: int) -> None:
 def _run(row: Sequence[Any]) -> WorkerInfo:
     stats = json.loads(row[7]) if row[7] else {}
     return WorkerInfo(row[0], row[0], row[1], row[2], row[3], row[4], row[5], row[6], stats)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -52,6 +52,14 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 UPDATE {schema}.workers SET finished_at = %(now)s, state = 'dead'
 WHERE finished_at IS NULL AND heartbeat <= %(since)s;
 
+-- name: live_here
+SELECT worker_id, pid, started_at FROM {schema}.workers
+WHERE finished_at IS NULL AND host = %(host)s;
+
+-- name: bury
+UPDATE {schema}.workers SET finished_at = %(now)s, state = 'dead'
+WHERE worker_id = ANY(%(workers)s) AND finished_at IS NULL;
+
 -- name: recover
 UPDATE {schema}.items SET status = 'pending', lease = NULL
 WHERE status = 'running'
