@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .errors import ConfigError, PacelineError
 from .job import Job
+from .sources import SQL
 
 __all__ = ["load_job"]
 
@@ -43,7 +44,21 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     if job.task_fn is None:
         raise ConfigError(f"{file}: job {job.name!r} has no task (decorate one with @job.task)")
     job.home = file.parent.resolve()
+    _anchor(job, job.home)
     return job
+
+
+def _anchor(job: Job, folder: Path) -> None:
+    """Relative paths in a job file mean its own folder, wherever the command runs from
+    (``paceline run jobs/x.py`` reads ``jobs/input.jsonl``, as the store already is)."""
+    for part in (job.source, job.sink):
+        path = getattr(part, "path", None)
+        if isinstance(path, Path) and not path.is_absolute():
+            part.path = folder / path  # type: ignore[union-attr]
+    if isinstance(job.source, SQL) and not job.source.postgres:
+        target = Path(job.source.target)
+        if not target.is_absolute():
+            job.source.target = str(folder / target)
 
 
 def _import(file: Path) -> dict[str, object]:

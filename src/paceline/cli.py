@@ -7,6 +7,7 @@ configuration, 130 interrupted.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -250,20 +251,45 @@ def plan(jobfile: Path, store: str | None, requests_per_item: float | None) -> i
     """How long and how much: the pool's capacity, what is pending, when it will finish."""
     import math
 
-    from .limits import next_day_start, zone
-    from .plan import make_plan
+    from .limits import next_day_start, parse_limit, zone
+    from .plan import capacity_of, make_plan
 
     job = load_job(jobfile)
-    if job.keys is None:
-        raise click.UsageError(f"job {job.name!r} has no keys (Job(keys=KeyPool(...)))")
     status = job_status(job, store)
     pending = status["pending"] + status["running"]
     if not status.get("source_done"):
         pending = dry_run(job, store).new + status["pending"] + status["running"]
+    now = time.time()
+    if job.keys is None:
+        # No keys: the engine and the task are the bound; the last run measured them.
+        rate = (status["run"] or {}).get("rate_avg") or 0.0
+        click.echo(f"plan for job {job.name!r}: no keys, so no quota: the task is the bound")
+        click.echo(f"  pending:            {pending:,} items")
+        if not rate:
+            click.echo(
+                "  finish:             no rate measured yet: run a little "
+                f"(`paceline run {jobfile} --max-items 1000`) and ask again"
+            )
+        else:
+            seconds = pending / rate
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(now + seconds))
+            click.echo(f"  last run's rate:    {rate:,.1f} items/s")
+            click.echo(f"  finish:             in about {format_duration(seconds)} ({when})")
+        return 0
     used = sum(k["requests"] for k in status["keys"])
     finished = status["done"] + status["failed"]
     rpi = requests_per_item or (used / finished if finished and used else 1.0)
+    # The limits in force: as the last run left them (learned or lowered), else as set.
     # A shared quota group is counted once, not once per key in it.
+    shown = {k["key"]: k for k in status["keys"]}
+    groups = []
+    for key, group in job.keys.groups():
+        stored = (shown.get(key.masked) or {}).get("limits") or []
+        try:
+            in_force = [parse_limit(text) for text in stored]
+        except PacelineError:
+            in_force = []
+        groups.append(in_force or [m.limit for m in group.meters()])
     leaders = {key.masked for key, _ in job.keys.groups()}
     today = sum(
         d["used"]
@@ -272,10 +298,10 @@ def plan(jobfile: Path, store: str | None, requests_per_item: float | None) -> i
         for d in k.get("today") or []
         if d["unit"] == "requests"
     )
-    now = time.time()
     until_reset = next_day_start(now, zone(job.keys.day_resets)) - now
-    p = make_plan(job.keys, pending, rpi, today, until_reset)
-    cap = p.capacity
+    cap = capacity_of(groups)
+    daily = any(lim.daily and lim.unit == "requests" for g in groups for lim in g)
+    p = make_plan(job.keys, pending, rpi, today, until_reset, cap=cap)
 
     def num(x: float) -> str:
         return "unlimited" if math.isinf(x) else f"{x:,.0f}"
@@ -283,22 +309,21 @@ def plan(jobfile: Path, store: str | None, requests_per_item: float | None) -> i
     click.echo(
         f"plan for job {job.name!r}: {len(job.keys.keys)} key(s), {cap.groups} quota group(s)"
     )
-    limits = ", ".join(lim.describe() for lim in job.keys.limits) or "none configured"
-    click.echo(f"  limits per key:     {limits}")
-    click.echo(
-        f"  pool capacity:      {num(cap.per_minute)} requests/minute, "
-        f"{num(cap.per_day)} requests/day"
-    )
+    limits = sorted({lim.describe() for g in groups for lim in g}) or ["none known"]
+    click.echo(f"  limits in force:    {', '.join(limits)}")
+    per_day = f"{num(cap.per_day)} requests/day" if daily else "no daily limit"
+    click.echo(f"  pool capacity:      {num(cap.per_minute)} requests/minute, {per_day}")
     click.echo(f"  requests per item:  {rpi:.2f}")
-    click.echo(
-        f"  items:              {num(p.items_per_minute)}/minute, "
-        f"{num(p.items_per_day)}/day at full speed"
-    )
+    items_day = f", {num(p.items_per_day)}/day" if daily else ""
+    click.echo(f"  items:              {num(p.items_per_minute)}/minute{items_day} at full speed")
     click.echo(f"  pending:            {pending:,} items")
-    if not math.isinf(cap.per_day):
+    if daily:
         click.echo(f"  left today:         {num(p.today_left)} requests")
     if p.seconds is None:
-        click.echo("  finish:             no limits to plan on (set rpm=, rpd= or limits=)")
+        click.echo(
+            "  finish:             no limits known to plan on (set rpm=, rpd= or limits=, "
+            "or run a little so they are learned)"
+        )
     else:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(now + p.seconds))
         click.echo(f"  finish:             in about {format_duration(p.seconds)} ({when})")
@@ -309,15 +334,23 @@ def plan(jobfile: Path, store: str | None, requests_per_item: float | None) -> i
 @_jobfile
 @_store_option
 @click.option("--checksum", is_flag=True, help="Also print a SHA-256 of the written rows.")
-def verify(jobfile: Path, store: str | None, checksum: bool) -> int:
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Put done items whose row is missing from the sink back in line (then run again).",
+)
+def verify(jobfile: Path, store: str | None, checksum: bool, repair: bool) -> int:
     """Compare source, store and sink: counts, ids missing or extra. Exit 1 on a mismatch."""
     from .verify import verify as run_verify
 
     job = load_job(jobfile)
-    r = run_verify(job, store, checksum=checksum)
+    r = run_verify(job, store, checksum=checksum, repair=repair)
     click.echo(f"verify job {job.name!r}: {job.sink.describe()}")
     click.echo(f"  source:  {r.source:,} items ({r.invalid:,} invalid lines)")
-    click.echo(f"  store:   {r.done:,} done; {r.not_done:,} not done (pending, failed, skipped)")
+    click.echo(
+        f"  store:   {r.done:,} done, {r.failed:,} failed; "
+        f"{r.not_done:,} not done (pending, failed, skipped)"
+    )
     click.echo(f"  sink:    {r.sink:,} rows")
     click.echo(
         f"  missing: {r.missing:,} done but not in the sink"
@@ -327,10 +360,22 @@ def verify(jobfile: Path, store: str | None, checksum: bool) -> int:
         f"  extra:   {r.extra:,} in the sink but not in the source"
         + (f" (e.g. {', '.join(r.examples['extra'])})" if r.extra else "")
     )
+    if r.unprocessed:
+        click.echo(
+            f"  not processed yet: {r.unprocessed:,} source items (pending or never read;"
+            f" e.g. {', '.join(r.examples['unprocessed'])}): run `paceline run {jobfile}`"
+        )
     if r.duplicates_in_sink:
         click.echo(f"  duplicate rows in the sink: {r.duplicates_in_sink:,}")
     if r.checksum:
         click.echo(f"  checksum: sha256:{r.checksum}")
+    if r.repaired:
+        click.echo(
+            f"  repaired: {r.repaired:,} item(s) put back in line; "
+            f"run `paceline run {jobfile}` to write them"
+        )
+    elif r.missing and not repair:
+        click.echo(f"  `paceline verify {jobfile} --repair` puts the missing ones back in line")
     click.echo("  OK" if r.ok else "  MISMATCH")
     return 0 if r.ok else 1
 
@@ -339,21 +384,125 @@ def verify(jobfile: Path, store: str | None, checksum: bool) -> int:
 @_jobfile
 @click.argument("ids", nargs=-1, required=True)
 @_store_option
-def expedite(jobfile: Path, ids: tuple[str, ...], store: str | None) -> int:
+@click.option("--again", is_flag=True, help="Also items already done: do them once more.")
+def expedite(jobfile: Path, ids: tuple[str, ...], store: str | None, again: bool) -> int:
     """Put items IDS first in line (a running job takes them within a second)."""
     job = load_job(jobfile)
-    before = job.expedite(*ids, store=store)
+    before = ops.expedite(job, ids, store, again=again)
     for item_id in ids:
         status = before.get(item_id)
         if status is None:
             click.echo(f"{item_id}: not found in the store (not read from the source yet?)")
-        elif status == "done":
-            click.echo(f"{item_id}: already done")
+        elif status == "done" and not again:
+            click.echo(
+                f"{item_id}: already done; `paceline expedite {jobfile} {item_id} --again` "
+                "does it once more"
+            )
         elif status == "running":
             click.echo(f"{item_id}: in flight now")
         else:
             click.echo(f"{item_id}: expedited (was {status})")
     return 0 if all(i in before for i in ids) else 1
+
+
+@cli.command()
+@_jobfile
+@_store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the failures as JSON.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    help="List at most N items (the counts by kind always cover all).",
+)
+def failures(jobfile: Path, store: str | None, as_json: bool, limit: int | None) -> int:
+    """Items that failed for good: counts by kind of error, then each with its last error."""
+    job = load_job(jobfile)
+    report = ops.failures(job, store, limit=limit)
+    listed = [
+        {
+            "id": f.id,
+            "attempts": f.attempts,
+            "error": f.error,
+            "kind": ops.error_kind(f.error),
+            "line": f.line,
+            "invalid_line": f.invalid,
+        }
+        for f in report.items
+    ]
+    if as_json:
+        kinds = [{"kind": k, "count": n} for k, n in report.kinds.most_common()]
+        click.echo(json.dumps({"job": job.name, "failed": report.total, "kinds": kinds,
+                               "items": listed}, indent=2))  # fmt: skip
+        return 0
+    if not report.total:
+        click.echo(f"job {job.name!r}: no failed items")
+        return 0
+    click.echo(f"job {job.name!r}: {report.total:,} failed item(s)")
+    for kind, n in report.kinds.most_common():
+        click.echo(f"  {n:>8,}  {kind}")
+    if listed:
+        click.echo("")
+    for f in listed:
+        where = f" (line {f['line']})" if f["line"] else ""
+        click.echo(f"{f['id']}{where}, attempts {f['attempts']}: {f['error']}")
+    if limit is not None and report.total > len(listed):
+        click.echo(f"... {report.total - len(listed):,} more (--limit)")
+    if any(not f.invalid for f in report.items):
+        click.echo(f"`paceline retry {jobfile}` puts them back in line")
+    return 0
+
+
+@cli.command()
+@_jobfile
+@_store_option
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["pending", "running", "retry", "done", "failed", "skipped"]),
+    help="Only items of this status (repeatable).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to FILE instead of standard output (refused if FILE exists).",
+)
+def export(
+    jobfile: Path, store: str | None, fmt: str, statuses: tuple[str, ...], output: Path | None
+) -> int:
+    """Every item, one per line: id, status, attempts, error, line and its result row."""
+    from .export import export_lines
+
+    job = load_job(jobfile)
+    lines = export_lines(job, store, statuses=statuses, fmt=fmt)
+    if output is None:
+        for line in lines:
+            click.echo(line)
+        return 0
+    if output.exists():
+        raise click.UsageError(f"{output} exists: choose another file or remove it")
+    first = next(lines, None)  # a store that cannot be read leaves no empty file behind
+    try:
+        out = output.open("x", encoding="utf-8", newline="")
+    except FileExistsError:
+        raise click.UsageError(f"{output} exists: choose another file or remove it") from None
+    except OSError as exc:
+        raise click.UsageError(f"cannot write {output}: {exc.strerror}") from None
+    n = 0
+    with out:
+        for line in itertools.chain([] if first is None else [first], lines):
+            out.write(line + "\n")
+            n += 1
+    if fmt == "csv":
+        n -= 1
+    click.echo(f"{n:,} item(s) written to {output}", err=True)
+    return 0
 
 
 @cli.command()
@@ -415,16 +564,23 @@ def stop(jobfile: Path, store: str | None) -> int:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("paceline-demo"),
     show_default=True,
-    help="Where the demo writes its input, store and results.",
+    help="The demo's own folder: its input, job file, store and results.",
 )
 @click.option(
     "--progress", type=click.Choice(["auto", "live", "log"]), default="auto", show_default=True
 )
-def demo(items: int, n_keys: int, workdir: Path, progress: str) -> int:
-    """Run a sample job against the built-in simulated API (no server, key or network)."""
+@click.option(
+    "--fresh", is_flag=True, help="Start over (removes only the files an earlier demo wrote)."
+)
+def demo(items: int, n_keys: int, workdir: Path, progress: str, fresh: bool) -> int:
+    """Run a sample job against the built-in simulated API (no server, key or network).
+
+    It writes only into its own folder (refusing a folder it did not make that holds
+    other files); run again, it continues where it stopped.
+    """
     from .demo import run_demo
 
-    return run_demo(items=items, n_keys=n_keys, workdir=workdir, progress=progress)
+    return run_demo(items=items, n_keys=n_keys, workdir=workdir, progress=progress, fresh=fresh)
 
 
 @cli.command()

@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,7 +157,10 @@ class Job:
     ) -> RunResult:
         """Run until every item is done or failed for good (or a stop); see :meth:`run`."""
         from .engine import Engine
-        from .report import run_with_reporter
+        from .report import notebook_reporter, run_with_reporter
+
+        if reporter is None:
+            reporter = notebook_reporter()  # a live widget in Jupyter; else nothing
 
         workers = 1 if sequential else (concurrency or self.concurrency)
         if workers is not None and workers < 1:
@@ -188,5 +192,16 @@ class Job:
         return expedite(self, ids, store)
 
     def run(self, **options: Any) -> RunResult:
-        """Run the job to its end in a fresh event loop. Options as :meth:`run_async`."""
-        return asyncio.run(self.run_async(**options))
+        """Run the job to its end. Options as :meth:`run_async`.
+
+        Called where an event loop already runs (a Jupyter notebook), the run goes on a
+        thread with a loop of its own and this call waits for it; in async code, prefer
+        ``await job.run_async()``.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run_async(**options))
+        options["install_signal_handlers"] = False  # only the main thread may
+        with ThreadPoolExecutor(1, thread_name_prefix="paceline-run") as pool:
+            return pool.submit(asyncio.run, self.run_async(**options)).result()

@@ -32,6 +32,7 @@ __all__ = [
     "expedite",
     "failures",
     "items",
+    "requeue",
     "retry",
     "stop",
 ]
@@ -78,13 +79,30 @@ def retry(job: Job, store: StoreTarget | None = None, *, invalid: bool = False) 
     return RetryResult(n, left)
 
 
-def expedite(job: Job, ids: Sequence[str], store: StoreTarget | None = None) -> dict[str, str]:
+def expedite(
+    job: Job, ids: Sequence[str], store: StoreTarget | None = None, *, again: bool = False
+) -> dict[str, str]:
     """Put items first in line, also for a run going on in another process (it takes them
     within a second). Returns each known id's status before; failed or skipped items are
-    put back."""
+    put back; with ``again``, done items too (to be done once more)."""
     db = _open(job, store)
     try:
-        return db.expedite(list(ids), SYSTEM_CLOCK.time())
+        now = SYSTEM_CLOCK.time()
+        if again:
+            before = db.requeue(list(ids), now)
+            db.expedite(list(ids), now)
+            return before
+        return db.expedite(list(ids), now)
+    finally:
+        db.close()
+
+
+def requeue(job: Job, ids: Sequence[str], store: StoreTarget | None = None) -> dict[str, str]:
+    """Put items back in line to be done again (done ones included), with a fresh retry
+    budget; returns each known id's status before."""
+    db = _open(job, store)
+    try:
+        return db.requeue(list(ids), SYSTEM_CLOCK.time())
     finally:
         db.close()
 

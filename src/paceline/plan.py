@@ -11,7 +11,7 @@ from .limits import Limit
 if TYPE_CHECKING:
     from .keys import KeyPool
 
-__all__ = ["Capacity", "Plan", "capacity", "make_plan"]
+__all__ = ["Capacity", "Plan", "capacity", "capacity_of", "make_plan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +57,24 @@ class Plan:
     seconds: float | None
 
 
+def capacity_of(groups: list[list[Limit]]) -> Capacity:
+    """Sum over key groups given by their limits (the limits in force, e.g. as stored)."""
+    per_minute = per_day = 0.0
+    for limits in groups:
+        minute, day = _group_capacity(limits)
+        per_minute += minute
+        per_day += day
+    return Capacity(per_minute, per_day, len(groups))
+
+
 def make_plan(
     pool: KeyPool,
     pending: int,
     requests_per_item: float,
     today_spent: float,
     until_reset: float,
+    *,
+    cap: Capacity | None = None,
 ) -> Plan:
     """When ``pending`` items would be done at the pool's full speed.
 
@@ -70,7 +82,7 @@ def make_plan(
     ``until_reset`` seconds) a full day's quota each day. ``seconds`` is ``None`` when
     nothing limits the pool (no basis to plan on).
     """
-    cap = capacity(pool)
+    cap = cap or capacity(pool)
     rpi = max(requests_per_item, 1e-9)
     items_per_minute = cap.per_minute / rpi
     items_per_day = cap.per_day / rpi

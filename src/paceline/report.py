@@ -28,6 +28,7 @@ __all__ = [
     "QuietReporter",
     "Reporter",
     "format_duration",
+    "notebook_reporter",
     "run_with_reporter",
     "summary_text",
 ]
@@ -299,6 +300,13 @@ class LiveReporter:
 
     def finish(self, result: RunResult) -> None:
         Console().print(summary_text(result), highlight=False, markup=False)
+
+
+def notebook_reporter() -> Reporter | None:
+    """In a Jupyter notebook, the live dashboard (rich renders it as a widget that
+    refreshes in place); elsewhere ``None``: library use shows nothing by default."""
+    console = Console()
+    return LiveReporter(console) if console.is_jupyter else None
 
 
 async def run_with_reporter(

@@ -115,13 +115,18 @@ class SQLiteSink:
         return f"SQLite table {self.table!r} in {self.path}"
 
     def open(self, state: str | None) -> str | None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        self._db = db
-        self._columns = [r[1] for r in db.execute(f'PRAGMA table_info("{self.table}")')]
+        # Connected on the first write: a run that fails to start leaves no empty file.
         return None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._db = db
+            self._columns = [r[1] for r in db.execute(f'PRAGMA table_info("{self.table}")')]
+        return self._db
 
     def _ensure_columns(self, names: Sequence[str]) -> None:
         assert self._db is not None
@@ -141,8 +146,7 @@ class SQLiteSink:
                 self._columns.append(name)
 
     def write(self, rows: Sequence[Row]) -> str | None:
-        db = self._db
-        assert db is not None, "SQLiteSink.write before open"
+        db = self._connect()
         groups: dict[tuple[str, ...], list[Row]] = {}
         for row in rows:
             groups.setdefault(tuple(row), []).append(row)
@@ -199,7 +203,9 @@ class JSONLSink:
         return f"JSONL file {self.path}"
 
     def open(self, state: str | None) -> str | None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Created on the first write: a run that fails to start leaves no empty file.
+            return None if state is None else "0"
         f = self.path.open("ab+")
         size = f.seek(0, os.SEEK_END)
         committed = size if state is None else min(int(state), size)
@@ -210,8 +216,11 @@ class JSONLSink:
         return str(committed)
 
     def write(self, rows: Sequence[Row]) -> str | None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("ab+")
+            self._file.seek(0, os.SEEK_END)
         f = self._file
-        assert f is not None, "JSONLSink.write before open"
         dumps = json.dumps
         data = "".join(
             dumps(r, default=_json_default, ensure_ascii=False) + "\n" for r in rows

@@ -33,20 +33,29 @@ class Verification:
     sink: int = 0
     done: int = 0
     not_done: int = 0  # pending, failed or skipped in the store: not expected in the sink
+    unprocessed: int = 0  # source items neither done, failed nor skipped (or never read)
+    failed: int = 0
     missing: int = 0  # done in the store, absent from the sink
     extra: int = 0  # in the sink, not in the source
     duplicates_in_sink: int = 0
     checksum: str | None = None
+    repaired: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.duplicates_in_sink)
+        return not (self.missing or self.extra or self.duplicates_in_sink or self.unprocessed)
 
 
 def verify(
-    job: Job, store: str | os.PathLike[str] | None = None, *, checksum: bool = False
+    job: Job,
+    store: str | os.PathLike[str] | None = None,
+    *,
+    checksum: bool = False,
+    repair: bool = False,
 ) -> Verification:
+    """Compare source, store and sink. With ``repair``, done items whose row is missing
+    from the sink are put back in line (the next run writes them)."""
     read_rows = getattr(job.sink, "read_rows", None)
     if read_rows is None:
         raise ConfigError(f"cannot verify {job.sink.describe()}: it cannot be read back")
@@ -88,14 +97,35 @@ def verify(
         missing = "FROM st WHERE status='done' AND wrote AND id NOT IN (SELECT id FROM snk)"
         extra = "FROM (SELECT DISTINCT id FROM snk) WHERE id NOT IN (SELECT id FROM src)"
         (result.missing,) = db.execute(f"SELECT count(*) {missing}").fetchone()
+        finished = "SELECT id FROM st WHERE status IN ('done', 'failed', 'skipped')"
+        unprocessed = f"FROM src WHERE id NOT IN ({finished})"
+        (result.unprocessed,) = db.execute(f"SELECT count(*) {unprocessed}").fetchone()
+        (result.failed,) = db.execute("SELECT count(*) FROM st WHERE status='failed'").fetchone()
         (result.extra,) = db.execute(f"SELECT count(*) {extra}").fetchone()
         result.examples = {
             "missing": [r[0] for r in db.execute(f"SELECT id {missing} LIMIT 10")],
             "extra": [r[0] for r in db.execute(f"SELECT id {extra} LIMIT 10")],
+            "unprocessed": [r[0] for r in db.execute(f"SELECT id {unprocessed} LIMIT 10")],
         }
+        if repair and result.missing:
+            result.repaired = _repair(job, store, db, missing)
     finally:
         db.close()
     return result
+
+
+def _repair(
+    job: Job, store: str | os.PathLike[str] | None, db: sqlite3.Connection, missing: str
+) -> int:
+    """Put the done items missing from the sink back in line, in batches."""
+    from .ops import requeue
+
+    cursor = db.execute(f"SELECT id {missing}")
+    put_back = 0
+    while batch := [r[0] for r in cursor.fetchmany(5000)]:
+        before = requeue(job, batch, store)
+        put_back += sum(1 for s in before.values() if s == "done")
+    return put_back
 
 
 def _checksum(read_rows: Any) -> str:

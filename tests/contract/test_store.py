@@ -323,6 +323,19 @@ def test_expedite_puts_items_first_and_says_what_they_were(store: Store) -> None
     assert nonzero(store.counts()) == {"pending": 1, "running": 2}
 
 
+def test_requeue_puts_done_items_back_with_a_fresh_budget(store: Store) -> None:
+    ingest(store, good(1, "a"), good(2, "b"), good(3, "c"))
+    a, b = store.claim(2, "w")
+    store.complete(
+        [outcome(a, Status.DONE), outcome(b, Status.RETRY, "e", NOW)], NOW, worker_id="w"
+    )
+    assert store.requeue(["a", "b", "c", "zz"], NOW) == {"a": "done", "b": "retry", "c": "pending"}
+    assert nonzero(store.counts()) == {"pending": 3}
+    assert sorted((i.id, i.attempts) for i in store.claim(10, "w")) == [
+        ("a", 0), ("b", 0), ("c", 0),
+    ]  # fmt: skip
+
+
 def test_iter_items_streams_items_in_read_order_with_their_status(store: Store) -> None:
     ingest(store, good(1, "a"), good(2, "b"))
     ingest(store, bad(3), good(4, "c"))

@@ -337,3 +337,17 @@ async def test_sink_batches_adapt_to_how_long_a_write_takes(tmp_path: Path) -> N
     assert slow[0] == fast[0] == 100  # the first write, before anything is known
     assert 10 <= slow_size <= 15 and max(slow[1:]) <= 15
     assert fast_size == 1000 and max(fast[1:]) > 100
+
+
+async def test_job_run_works_inside_a_running_event_loop(tmp_path: Path) -> None:
+    # As in a Jupyter notebook: a loop runs already, and `job.run()` is called from it.
+    job = pl.Job("nb", source=[{"id": str(n)} for n in range(50)])
+
+    @job.task
+    async def work(item: pl.Item, ctx: pl.Context) -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {"seen": item.id}
+
+    asyncio.get_running_loop()  # this test itself runs in a loop
+    result = job.run(store=tmp_path / "s.db")
+    assert (result.exit_code, result.snapshot.done) == (0, 50)

@@ -109,10 +109,22 @@ def test_jsonl_sink_open_without_state_keeps_the_file_and_returns_its_size(
     assert path.read_text() == '{"id": "old"}\n'
 
 
+def test_table_sinks_leave_no_file_until_they_write(tmp_path: Path) -> None:
+    sink = SQLiteSink(tmp_path / "out.db", table="rows")
+    sink.open(None)
+    sink.close()
+    assert not (tmp_path / "out.db").exists()
+    sink.open(None)
+    sink.write([{"id": "a", "v": 1}])
+    sink.close()
+    assert [r["id"] for r in sink.read_rows()] == ["a"]
+
+
 def test_jsonl_sink_write_returns_the_new_size(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "out.jsonl"
     sink = JSONLSink(path)
-    assert sink.open(None) == "0"
+    assert sink.open(None) is None
+    assert not path.exists()  # nothing written yet, no empty file left behind
     state = sink.write([{"id": "a", "text": "héllo"}, {"id": "b", "n": [1, 2]}])
     assert state == str(path.stat().st_size)
     state = sink.write([{"id": "c"}])

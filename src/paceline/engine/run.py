@@ -186,6 +186,7 @@ class Engine:
                 await self._close()
         if state.fatal is not None:
             raise state.fatal
+        self.progress.tick()  # the summary's rates include the very end
         return RunResult(
             self.snapshot(), state.interrupted, state.stopping,
             describe_target(self.store_target), job.sink.describe(),

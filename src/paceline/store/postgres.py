@@ -677,6 +677,21 @@ class PostgresStore:
         self._call(expedite)
         return found
 
+    def requeue(self, ids: Sequence[str], now: float) -> dict[str, str]:
+        found = self.statuses_of(list(ids))
+
+        def requeue(conn: Any) -> None:
+            with conn.transaction():
+                moved = conn.execute(self.q["requeue"], {"ids": list(ids), "now": now})
+                deltas: dict[str, int] = {}
+                for (before,) in moved.fetchall():
+                    deltas[before] = deltas.get(before, 0) - 1
+                    deltas["pending"] = deltas.get("pending", 0) + 1
+                self._move(conn, deltas)
+
+        self._call(requeue)
+        return found
+
     def retry_failed(self, *, invalid: bool = False) -> int:
         def retry(conn: Any) -> int:
             with conn.transaction():

@@ -349,6 +349,20 @@ class SQLiteStore:
                 _move(self.db, status, "pending", self.db.total_changes - before)
         return found
 
+    def requeue(self, ids: Sequence[str], now: float) -> dict[str, str]:
+        found = self.statuses_of(list(ids))
+        with _transaction(self.db):
+            for status in ("done", "failed", "skipped", "retry"):
+                chosen = [i for i, s in found.items() if s == status]
+                before = self.db.total_changes
+                self.db.executemany(
+                    "UPDATE items SET status='pending', attempts=0, not_before=NULL, "
+                    "updated_at=? WHERE id=? AND status=? AND data IS NOT NULL",
+                    [(now, i, status) for i in chosen],
+                )
+                _move(self.db, status, "pending", self.db.total_changes - before)
+        return found
+
     def claim_expedited(
         self, worker_id: str, now: float = 0.0, budgets: Sequence[Budget] = ()
     ) -> list[Item]:

@@ -235,6 +235,17 @@ UPDATE {schema}.items AS i SET status = 'pending', priority = %(expedited)s,
 FROM old WHERE i.seq = old.seq
 RETURNING old.status;
 
+-- name: requeue
+WITH old AS (
+    SELECT seq, status FROM {schema}.items
+    WHERE id = ANY(%(ids)s) AND status IN ('done', 'failed', 'skipped', 'retry')
+      AND data IS NOT NULL
+    FOR UPDATE)
+UPDATE {schema}.items AS i SET status = 'pending', attempts = 0, not_before = NULL,
+    updated_at = %(now)s
+FROM old WHERE i.seq = old.seq
+RETURNING old.status;
+
 -- name: retry_failed
 UPDATE {schema}.items SET status = 'pending', attempts = 0, not_before = NULL
 WHERE status = 'failed' AND data IS NOT NULL
