@@ -351,3 +351,50 @@ async def test_job_run_works_inside_a_running_event_loop(tmp_path: Path) -> None
     asyncio.get_running_loop()  # this test itself runs in a loop
     result = job.run(store=tmp_path / "s.db")
     assert (result.exit_code, result.snapshot.done) == (0, 50)
+
+
+class _StopSoon:
+    """A reporter that asks the run to stop after ``after`` seconds."""
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+
+    async def follow(self, engine: Any) -> None:
+        await asyncio.sleep(self.after)
+        engine.stop("interrupted")
+
+    def note(self, message: str) -> None:
+        return None
+
+    def finish(self, result: Any) -> None:
+        return None
+
+
+async def test_a_task_that_swallows_the_limiters_signals_does_not_mark_items_done(
+    tmp_path: Path, sim_server: SimFactory
+) -> None:
+    sim = sim_server()
+    # One request a minute: every request after the first waits for its slot, and the
+    # stop wakes them with the limiter's Stopping; the task catches every Exception.
+    job = pl.Job(
+        "swallow",
+        source=[{"id": str(n)} for n in range(20)],
+        sink=pl.JSONLSink(tmp_path / "out.jsonl"),
+        keys=pl.KeyPool(["sk-test-swallow-0123456789"], rpm=1),
+        concurrency=5,
+    )
+
+    @job.task
+    async def careless(item: pl.Item, ctx: pl.Context) -> dict[str, Any]:
+        try:
+            r = await ctx.http.post(sim.url + "/v1/chat/completions", json={"model": "m"})
+            return {"status": r.status_code}
+        except Exception as exc:
+            return {"swallowed": type(exc).__name__}
+
+    result = await job.run_async(store=tmp_path / "s.db", reporter=_StopSoon(1.0))
+    assert result.interrupted
+    rows = rows_of(tmp_path / "out.jsonl") if (tmp_path / "out.jsonl").exists() else {}
+    assert all("swallowed" not in row for row in rows.values()), rows
+    assert result.snapshot.done == len(rows) <= 2
+    assert result.snapshot.pending == 20 - len(rows)

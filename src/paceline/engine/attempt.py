@@ -23,10 +23,11 @@ from paceline.clock import Clock
 from paceline.context import Context
 from paceline.item import Item, Status
 from paceline.keys import NoUsableKey
-from paceline.limiter import QuotaWait, Stopping
+from paceline.limiter import QuotaWait
 from paceline.retry import classify
 from paceline.store import Outcome
 
+from .guard import CONTROL, signal_box
 from .progress import Progress
 from .spec import JobSpec
 from .state import RunState
@@ -96,6 +97,28 @@ class Attempts:
             self._observe(self.clock.monotonic() - started)
 
     async def _run(self, item: Item) -> Result | None:
+        box: list[BaseException] = []
+        token = signal_box.set(box)
+        try:
+            result = await self._call(item)
+        finally:
+            signal_box.reset(token)
+        if box:
+            # The limiter said stop, out of quota or no key left (and the task may have
+            # caught it): the item was not done, and the signal steers the run.
+            self._control(box[0])
+            return None
+        return result
+
+    def _control(self, exc: BaseException) -> None:
+        if isinstance(exc, QuotaWait):
+            self.quota_until = exc.until
+            self.state.stop("quota")
+        elif isinstance(exc, NoUsableKey):
+            self.progress.note(str(exc))
+            self.state.halt("no usable key")
+
+    async def _call(self, item: Item) -> Result | None:
         job = self.job
         fn = job.task_fn
         assert fn is not None
@@ -111,15 +134,10 @@ class Attempts:
                 result = await loop.run_in_executor(self.threads, sync_fn, item, ctx)
         except asyncio.CancelledError:
             raise
-        except Stopping:
-            return None  # the run is stopping: nothing was sent for this attempt
-        except QuotaWait as exc:
-            self.quota_until = exc.until
-            self.state.stop("quota")
-            return None
-        except NoUsableKey as exc:
-            self.progress.note(str(exc))
-            self.state.halt("no usable key")
+        except CONTROL as exc:
+            box = signal_box.get()
+            if box is not None and not box:
+                box.append(exc)  # raised outside ctx.http (e.g. by the task itself)
             return None
         except Exception as exc:
             now = self.clock.time()

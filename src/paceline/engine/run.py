@@ -25,7 +25,6 @@ from typing import Any
 
 import httpx
 
-from paceline.client import PoolClient
 from paceline.clock import Clock
 from paceline.errors import ConfigError
 from paceline.sinks import JSONLSink, SQLiteSink
@@ -36,6 +35,7 @@ from .autoscale import AUTO_START, Autoscaler
 from .budget import Budgets
 from .commit import Committer
 from .dispatch import Dispatcher
+from .guard import GuardedClient
 from .ingest import Ingestor
 from .membership import Membership
 from .progress import Progress
@@ -139,7 +139,7 @@ class Engine:
         if self.pool is not None:
             self.pool.bind(self.note, until_quota=self.until_quota)
         on_usage = self.budgets.record_usage if job.prices else None
-        http = PoolClient(self._client, job.keys, self.clock, on_usage)
+        http = GuardedClient(self._client, job.keys, self.clock, on_usage)
         self._attempts = attempts = Attempts(
             job, http, self.clock, state, self.progress, self.redact, self.max_concurrency
         )
