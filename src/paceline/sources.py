@@ -110,10 +110,16 @@ _BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_ .:/@#-]{0,63}")  # fit to quote in a message
 
 
-def _record(line: int, data: dict[str, Any], id_spec: IdSpec, after: Position) -> Record:
-    """The record of one line's data: an item, or a failed line saying why it is not one."""
+def _record(
+    line: int, data: dict[str, Any], id_spec: IdSpec, after: Position, *, text: bool = False
+) -> Record:
+    """The record of one line's data: an item, or a failed line saying why it is not one.
+
+    ``text``: the data is strings decoded from bytes, one level deep (a CSV row), so only a
+    NUL can be wrong in it.
+    """
     item_id, error = _item_id(data, id_spec)
-    if error is None:
+    if error is None and (not text or any("\x00" in value for value in data.values())):
         error = _data_problem(data)
     if item_id is None or error is not None:
         return Record(line, None, None, error or _missing_id(id_spec), after)
@@ -180,12 +186,27 @@ def _data_problem(data: dict[str, Any]) -> str | None:
     """Why ``json.dumps(data, default=str)`` would fail or write what no store takes.
 
     Walked with a stack, not recursion, so a record nested thousands deep is refused, not a
-    ``RecursionError``; a cycle is refused as too deep.
+    ``RecursionError``; a cycle is refused as too deep. Most records need no walk: when
+    ``json.dumps`` (in C, fast) writes one that UTF-8 encodes, with no NUL and no more
+    brackets than :data:`MAX_DEPTH`, there is nothing to find.
     """
+    try:
+        text = _JSON.encode(data)
+        text.encode("utf-8")  # refuses a lone surrogate
+    except Exception:  # that, too deep, circular, an odd key or value: the walk says which
+        pass
+    else:
+        # json.dumps writes NUL as an escape; a literal "\u0000" in the text also matches,
+        # and the walk then finds nothing, which is only slower.
+        if text.count("[") + text.count("{") <= MAX_DEPTH and "\\u0000" not in text:
+            return None
     try:
         return _walk(data)
     except Exception as exc:  # a user's mapping whose items() or __str__ raises
         return f"the record cannot be written as JSON ({type(exc).__name__})"
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)  # as the store writes, but in UTF-8
 
 
 def _walk(data: dict[str, Any]) -> str | None:
@@ -431,7 +452,8 @@ class CSV(_FileSource):
                     error = f"expected {len(header)} fields, found {len(row)}"
                     yield Record(raw.line, None, None, error, raw.after)
                     continue
-                yield _record(raw.line, dict(zip(header, row, strict=True)), self.id, raw.after)
+                data = dict(zip(header, row, strict=True))
+                yield _record(raw.line, data, self.id, raw.after, text=True)
 
     def _parse(self, lines: list[str], strict: bool = False) -> tuple[list[str] | None, str | None]:
         try:
@@ -490,7 +512,7 @@ class _CsvRows:
 
     def __init__(self, f: IO[bytes], delimiter: str, codec: str, limit: int) -> None:
         self.f = f
-        self.delimiter = delimiter
+        self.quotes = _Quotes(delimiter)
         self.codec = codec
         self.limit = limit
         self.offset = 0
@@ -502,7 +524,8 @@ class _CsvRows:
 
     def next(self) -> _RawRow | None:
         """The next row, or ``None`` at the end of the file."""
-        quotes = _Quotes(self.delimiter)
+        quotes = self.quotes
+        quotes.state = quotes.START
         lines: list[str] | None = []
         first: Position | None = None  # after the row's first line
         size, bad_byte = 0, None
