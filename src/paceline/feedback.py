@@ -563,10 +563,13 @@ def _first_item(text: str | None) -> str | None:
     return None if text is None else text.split(",", 1)[0].split(";", 1)[0].strip()
 
 
+_MAX_COUNT = 1e15  # no quota counts that high: a number beyond is junk, not a limit
+
+
 def _count(value: object) -> int | None:
     """A non-negative whole number; Azure's ``-1`` ("no data"), ``inf`` and junk give ``None``."""
     found = number(value)
-    if found is None or not math.isfinite(found) or found < 0 or not found.is_integer():
+    if found is None or not 0 <= found <= _MAX_COUNT or not found.is_integer():
         return None
     return int(found)
 

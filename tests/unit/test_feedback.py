@@ -1051,3 +1051,8 @@ def test_only_the_first_ignored_wait_is_noted() -> None:
     fb = read(429, headers)
     assert fb.ignored is not None
     assert fb.ignored.count("ignored") == 1
+
+
+def test_counts_no_quota_could_have_are_junk() -> None:
+    headers = {"x-ratelimit-limit-requests": "1e300", "x-ratelimit-remaining-requests": "5"}
+    assert read(200, headers).windows == (Window("requests", None, 5, None, 60.0, "requests"),)

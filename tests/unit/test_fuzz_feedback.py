@@ -172,8 +172,8 @@ def test_read_feedback_never_raises_and_every_time_is_sane(
             assert math.isfinite(window.reset_at)
             assert now - EPSILON <= window.reset_at <= latest_allowed(now) + EPSILON
         assert window.period is None or (math.isfinite(window.period) and window.period > 0)
-        assert window.limit is None or window.limit >= 0
-        assert window.remaining is None or window.remaining >= 0
+        assert window.limit is None or 0 <= window.limit <= 10**15
+        assert window.remaining is None or 0 <= window.remaining <= 10**15
     assert fb.ignored is None or fb.ignored.startswith("ignored ")
 
 
