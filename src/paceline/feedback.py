@@ -6,6 +6,11 @@
 on odd input: a malformed header or body part is ignored. ``reason`` holds fixed phrases and
 identifier-like codes only, never an answer's free text: error messages may quote the key.
 
+Every wait an answer gives goes through one gate (:class:`paceline._waits.Waits`): a wait
+that is not a finite, non-negative number, or lies more than a day ahead, is ignored (the
+default backoff applies), a window length that is not positive is dropped, and
+``Feedback.ignored`` says what was ignored, so the user is told once.
+
 Understood, as documented: ``Retry-After`` (seconds or HTTP-date) and ``retry-after-ms``;
 OpenAI ``x-ratelimit-*-{requests,tokens}`` (Go-duration resets) and error codes; Anthropic
 ``anthropic-ratelimit-*`` (RFC 3339 resets) and error types; GitHub primary and secondary
@@ -20,16 +25,17 @@ IETF ``RateLimit``/``RateLimit-Policy``, the older ``RateLimit-Limit`` trio, ``X
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import enum
 import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ._waits import Waits, epoch_or_delay, header_dict, number, retry_after, timestamp
 
 __all__ = ["Feedback", "Verdict", "Window", "read_feedback"]
 
@@ -77,6 +83,11 @@ class Feedback:
     ``billing_error``): park the key for the run. On an ``OK`` 5xx it is the provider's
     ``Retry-After``. ``scope`` is ``minute``, ``hour``, ``day`` or ``secondary`` (GitHub);
     ``tokens_used`` the usage the body reports; ``reason`` one line for the user.
+    ``ignored`` names the first absurd wait the answer gave (infinite, negative, more than a
+    day ahead), which was ignored: tell the user once, not once per answer.
+
+    Every time here is finite and at most a day ahead (a Gemini day ends at the next
+    midnight in its zone: up to 25 hours on the day clocks go back).
     """
 
     verdict: Verdict
@@ -85,6 +96,7 @@ class Feedback:
     scope: str | None = None
     tokens_used: int | None = None
     reason: str | None = None
+    ignored: str | None = None
 
 
 # verdict, retry_at, scope, reason
@@ -100,7 +112,11 @@ class _Answer:
     github: bool
     windows: tuple[Window, ...]
     retry_after: float | None
-    now: float
+    waits: Waits
+
+    @property
+    def now(self) -> float:
+        return self.waits.now
 
 
 def read_feedback(
@@ -116,7 +132,8 @@ def read_feedback(
     ``day_resets_tz`` is where a daily quota (Gemini's) resets at midnight; an unknown zone
     raises :class:`ValueError` when one is needed.
     """
-    h = _normalise(headers)
+    h = header_dict(headers)
+    waits = Waits(now)
     data = _as_mapping(body)
     raw_error = data.get("error")
     error: Mapping[str, Any] = raw_error if isinstance(raw_error, Mapping) else {}
@@ -126,14 +143,14 @@ def read_feedback(
         "github" in str(data.get("documentation_url", "")).lower()
     )
     windows = (
-        *_openai_windows(h, now),
-        *_anthropic_windows(h),
-        *_x_ratelimit_windows(h, now, github),
-        *_ietf_windows(h, now),
+        *_openai_windows(h, waits),
+        *_anthropic_windows(h, waits),
+        *_x_ratelimit_windows(h, waits, github),
+        *_ietf_windows(h, waits),
     )
     # google.rpc RetryInfo counts as much as a Retry-After header, QuotaFailure or not.
-    retry_after = _retry_after(h, now) or _retry_info_at(error, now)
-    answer = _Answer(status, h, error, message, github, windows, retry_after, now)
+    retry_after = _first(_retry_after(h, waits), _retry_info_at(error, waits))
+    answer = _Answer(status, h, error, message, github, windows, retry_after, waits)
     gemini, quota_windows = _judge_gemini(answer, day_resets_tz)
     answer = dataclasses.replace(answer, windows=(*windows, *quota_windows))
     verdict, retry_at, scope, reason = (
@@ -144,7 +161,8 @@ def read_feedback(
         or _judge_github(answer)
         or _judge_status(answer)
     )
-    return Feedback(verdict, retry_at, answer.windows, scope, _tokens_used(data), reason)
+    tokens = _tokens_used(data)
+    return Feedback(verdict, retry_at, answer.windows, scope, tokens, reason, waits.ignored)
 
 
 # -- verdicts -----------------------------------------------------------------------------
@@ -193,10 +211,11 @@ def _judge_billing(a: _Answer) -> _Judgement | None:
     return (Verdict.QUOTA_EXHAUSTED, None, None, f"quota exhausted: {code}") if code else None
 
 
-def _retry_info_at(error: Mapping[str, Any], now: float) -> float | None:
+def _retry_info_at(error: Mapping[str, Any], waits: Waits) -> float | None:
     info = _details(error, "RetryInfo")
+    # retryDelay is a protobuf Duration ("37s", "0.5s"): a Go duration too.
     delay = _go_duration(str(info[0].get("retryDelay"))) if info else None
-    return None if delay is None else now + delay
+    return waits.after(delay, "RetryInfo retryDelay")
 
 
 def _judge_gemini(a: _Answer, zone: str) -> tuple[_Judgement | None, tuple[Window, ...]]:
@@ -210,10 +229,7 @@ def _judge_gemini(a: _Answer, zone: str) -> tuple[_Judgement | None, tuple[Windo
     ]
     if a.status != 429 or not violations:
         return None, ()
-    retry_info = _details(a.error, "RetryInfo")
-    # retryDelay is a protobuf Duration ("37s", "0.5s"): a Go duration too.
-    delay = _go_duration(str(retry_info[0].get("retryDelay"))) if retry_info else None
-    soon = _first(None if delay is None else a.now + delay, a.retry_after, _advice(a))
+    soon = _first(_retry_info_at(a.error, a.waits), a.retry_after, _advice(a))
     midnight = _next_midnight(a.now, zone)
     windows: list[Window] = []
     for v in violations:
@@ -265,7 +281,7 @@ def _judge_github(a: _Answer) -> _Judgement | None:
     if a.status not in (403, 429) or not a.github:
         return None
     remaining = _count(a.headers.get("x-ratelimit-remaining"))
-    reset = _reset_time(a.headers.get("x-ratelimit-reset"), a.now)
+    reset = _reset_time(a.headers.get("x-ratelimit-reset"), a.waits, "x-ratelimit-reset")
     text = a.message.lower()
     # GitHub's order for a secondary limit: retry-after, else the reset when remaining is
     # 0, else at least one minute.
@@ -280,9 +296,12 @@ def _judge_github(a: _Answer) -> _Judgement | None:
     if remaining == 0:
         resource = a.headers.get("x-ratelimit-resource", "core")
         reason = f"GitHub primary rate limit exhausted ({_safe(resource) or 'core'})"
+        # Without a (believable) reset, the window's length bounds the wait: it comes back.
         if resource in _GITHUB_PER_MINUTE:  # search limits are per minute, not per hour
-            return Verdict.RATE_LIMITED, _first(reset, a.retry_after), "minute", reason
-        return Verdict.QUOTA_EXHAUSTED, _first(reset, a.retry_after), "hour", reason
+            retry_at = _first(reset, a.retry_after, a.now + 60.0)
+            return Verdict.RATE_LIMITED, retry_at, "minute", reason
+        retry_at = _first(reset, a.retry_after, a.now + 3_600.0)
+        return Verdict.QUOTA_EXHAUSTED, retry_at, "hour", reason
     if a.retry_after is not None or "rate limit" in text:
         return secondary
     return None  # e.g. "Resource not accessible by integration": the request's fault
@@ -324,39 +343,41 @@ def _limit_reason(scope: str | None, label: str) -> str:
 # -- windows ------------------------------------------------------------------------------
 
 
-def _openai_windows(h: dict[str, str], now: float) -> list[Window]:
+def _openai_windows(h: dict[str, str], waits: Waits) -> list[Window]:
     out = []
     for unit in ("requests", "tokens"):
         limit = _count(h.get(f"x-ratelimit-limit-{unit}"))
         remaining = _count(h.get(f"x-ratelimit-remaining-{unit}"))
-        reset = _go_duration(h.get(f"x-ratelimit-reset-{unit}"))
+        name = f"x-ratelimit-reset-{unit}"
+        reset = waits.delay(_go_duration(h.get(name)), name)
         # OpenAI's windows are per minute, but tiers with a per-day limit (RPD, TPD) announce
         # that one instead. A reset (time until full) beyond a minute betrays it; the reset is
         # not turned into a refill rate, as a fixed or sliding window would read as daily.
         period = 86_400.0 if reset is not None and reset > 60 else 60.0
-        reset_at = None if reset is None else now + reset
+        reset_at = None if reset is None else waits.now + reset
         out += _announced(unit, limit, remaining, reset_at, period, unit)
     return out
 
 
-def _anthropic_windows(h: dict[str, str]) -> list[Window]:
+def _anthropic_windows(h: dict[str, str], waits: Waits) -> list[Window]:
     out = []
     for name in ("requests", "tokens", "input-tokens", "output-tokens"):
         prefix = f"anthropic-ratelimit-{name}-"
         limit, remaining = _count(h.get(prefix + "limit")), _count(h.get(prefix + "remaining"))
         unit: Literal["requests", "tokens"] = "requests" if name == "requests" else "tokens"
         # Anthropic's limits are token buckets refilled over a minute.
-        reset_at, label = _timestamp(h.get(prefix + "reset")), name.replace("-", "_")
+        reset_at = waits.until(timestamp(h.get(prefix + "reset")), prefix + "reset")
+        label = name.replace("-", "_")
         out += _announced(unit, limit, remaining, reset_at, 60.0, label)
     return out
 
 
-def _x_ratelimit_windows(h: dict[str, str], now: float, github: bool) -> list[Window]:
+def _x_ratelimit_windows(h: dict[str, str], waits: Waits, github: bool) -> list[Window]:
     resource = h.get("x-ratelimit-resource")
     period = None
     if github:  # GitHub's windows are an hour, except search's
         period = 60.0 if resource in _GITHUB_PER_MINUTE else 3_600.0
-    return _announced("requests", *_trio(h, "x-ratelimit-", now), period, _safe(resource))
+    return _announced("requests", *_trio(h, "x-ratelimit-", waits), period, _safe(resource))
 
 
 _IETF_UNITS: dict[str | None, Literal["requests", "tokens"]] = {
@@ -366,12 +387,12 @@ _IETF_UNITS: dict[str | None, Literal["requests", "tokens"]] = {
 }
 
 
-def _ietf_windows(h: dict[str, str], now: float) -> list[Window]:
+def _ietf_windows(h: dict[str, str], waits: Waits) -> list[Window]:
     policies: dict[str, dict[str, str]] = {}
     legacy: list[tuple[int, float | None]] = []  # older drafts: RateLimit-Policy: 100;w=60
     for item, params in _sf_list(h.get("ratelimit-policy")):
         if (quota := _count(item)) is not None:
-            legacy.append((quota, _num(params.get("w"))))
+            legacy.append((quota, waits.period(number(params.get("w")), "RateLimit-Policy w")))
         else:
             policies[item] = params
     current = dict(_sf_list(h.get("ratelimit")))
@@ -381,11 +402,11 @@ def _ietf_windows(h: dict[str, str], now: float) -> list[Window]:
         unit = _IETF_UNITS.get(policy.get("qu"))
         if unit is None:
             continue  # content-bytes, concurrent-requests: nothing the limiter meters
-        t = _num(state.get("t"))
-        reset_at = now + t if t is not None and t >= 0 else None
+        reset_at = waits.after(number(state.get("t")), "RateLimit t")
         limit, remaining = _count(policy.get("q")), _count(state.get("r"))
-        out.append(Window(unit, limit, remaining, reset_at, _num(policy.get("w")), name))
-    limit, remaining, reset_at = _trio(h, "ratelimit-", now)
+        period = waits.period(number(policy.get("w")), "RateLimit-Policy w")
+        out.append(Window(unit, limit, remaining, reset_at, period, name))
+    limit, remaining, reset_at = _trio(h, "ratelimit-", waits)
     periods = [w for q, w in legacy if q == limit] or [w for _, w in legacy[:1]]
     out += _announced("requests", limit, remaining, reset_at, periods[0] if periods else None)
     if limit is None and remaining is None and reset_at is None:
@@ -394,12 +415,13 @@ def _ietf_windows(h: dict[str, str], now: float) -> list[Window]:
 
 
 def _trio(
-    h: dict[str, str], prefix: str, now: float
+    h: dict[str, str], prefix: str, waits: Waits
 ) -> tuple[int | None, int | None, float | None]:
     """``{prefix}limit``, ``-remaining``, ``-reset``: X-RateLimit-* and older RateLimit-*."""
     limit = _count(_first_item(h.get(prefix + "limit")))
     remaining = _count(_first_item(h.get(prefix + "remaining")))
-    return limit, remaining, _reset_time(_first_item(h.get(prefix + "reset")), now)
+    reset = _reset_time(_first_item(h.get(prefix + "reset")), waits, prefix + "reset")
+    return limit, remaining, reset
 
 
 def _announced(
@@ -427,15 +449,6 @@ def _next_midnight(now: float, zone_name: str) -> float:
     # Midnight on the local calendar, so the zone's DST offset (UTC-8 or UTC-7) applies.
     tomorrow = datetime.fromtimestamp(now, zone).date() + timedelta(days=1)
     return datetime.combine(tomorrow, time(), tzinfo=zone).timestamp()
-
-
-def _normalise(headers: Mapping[str, str]) -> dict[str, str]:
-    if not isinstance(headers, Mapping):
-        return {}
-    items = headers.items()
-    return {
-        k.strip().lower(): v.strip() for k, v in items if isinstance(k, str) and isinstance(v, str)
-    }
 
 
 def _as_mapping(body: Any) -> Mapping[str, Any]:
@@ -479,18 +492,9 @@ _USAGE = (
 )  # fmt: skip
 
 
-def _retry_after(h: dict[str, str], now: float) -> float | None:
-    ms = _num(h.get("retry-after-ms"))
-    if ms is not None and ms >= 0:
-        return now + ms / 1000
-    raw = h.get("retry-after")
-    if raw is None:
-        return None
-    seconds = _num(raw)
-    if seconds is not None:
-        return now + seconds if seconds >= 0 else None
-    when = _timestamp(raw)
-    return None if when is None else max(now, when)
+def _retry_after(h: dict[str, str], waits: Waits) -> float | None:
+    seconds = retry_after(h, waits)
+    return None if seconds is None else waits.now + seconds
 
 
 def _advice(a: _Answer) -> float | None:
@@ -499,7 +503,7 @@ def _advice(a: _Answer) -> float | None:
         r"(?:try again|retry) in ((?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+)", a.message
     )
     delay = _go_duration(found.group(1)) if found else None
-    return None if delay is None else a.now + delay
+    return a.waits.after(delay, "the wait the message gives")
 
 
 _GO_DURATION = re.compile(r"(?:(?:\d+\.?\d*|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+")
@@ -508,40 +512,27 @@ _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 
 
 
 def _go_duration(text: str | None) -> float | None:
-    """Seconds in a Go duration (``1m30.5s``); a bare number is seconds (Azure sends those)."""
+    """Seconds in a Go duration (``1m30.5s``); a bare number is seconds (Azure sends those).
+
+    Not checked here: ``99999999999h`` gives its (absurd) value, for :class:`Waits` to judge.
+    """
     if text is None:
         return None
     if _GO_DURATION.fullmatch(text):
         return sum(float(n) * _GO_UNITS[u] for n, u in _GO_PART.findall(text))
-    seconds = _num(text)
-    return seconds if seconds is not None and seconds >= 0 else None
+    return number(text)
 
 
-def _timestamp(text: str | None) -> float | None:
-    """Epoch seconds of an RFC 3339 date (Anthropic) or an HTTP-date (``Retry-After``)."""
-    try:
-        when = datetime.fromisoformat(text or "")
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text or "")
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-
-
-def _reset_time(text: str | None, now: float) -> float | None:
-    """A reset as epoch seconds, epoch milliseconds, delta-seconds or a date."""
+def _reset_time(text: str | None, waits: Waits, what: str) -> float | None:
+    """A reset as epoch seconds (or ms, µs, ns), delta-seconds or a date, checked."""
     if text is None:
         return None
-    value = _num(text)
+    value = number(text)
     if value is None:
-        return _timestamp(text)
-    if value < 0:
-        return None
-    # No window lasts 30 years, so a value that large is a timestamp, not a delay.
-    if value >= 1e11:
-        return value / 1000
-    return value if value >= 1e9 else now + value
+        return waits.until(timestamp(text), what)
+    if not math.isfinite(value) or value < 0:
+        return waits.delay(value, what)  # ignored, and noted
+    return waits.until(epoch_or_delay(value, waits.now), what)
 
 
 def _sf_list(value: str | None) -> list[tuple[str, dict[str, str]]]:
@@ -572,20 +563,15 @@ def _first_item(text: str | None) -> str | None:
     return None if text is None else text.split(",", 1)[0].split(";", 1)[0].strip()
 
 
-def _num(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        number = float(value)
-    except (ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) else None
+_MAX_COUNT = 1e15  # no quota counts that high: a number beyond is junk, not a limit
 
 
 def _count(value: object) -> int | None:
-    """A non-negative whole number; Azure's ``-1`` ("no data") and junk give ``None``."""
-    number = _num(value)
-    return int(number) if number is not None and number >= 0 and number.is_integer() else None
+    """A non-negative whole number; Azure's ``-1`` ("no data"), ``inf`` and junk give ``None``."""
+    found = number(value)
+    if found is None or not 0 <= found <= _MAX_COUNT or not found.is_integer():
+        return None
+    return int(found)
 
 
 def _first(*values: float | None) -> float | None:

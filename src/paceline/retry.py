@@ -8,19 +8,24 @@ Retryable: HTTP 429, 408 and 5xx; connection errors and timeouts; SQLite "busy/l
 ``retry_on``. Everything else, other 4xx included, is permanent. A ``Retry-After`` (or
 ``retry-after-ms``) on the answer sets the delay; otherwise exponential backoff with full
 jitter (a uniform draw between 0 and ``base * 2**(attempt-1)``, capped).
+
+A wait that is not a finite, non-negative number of seconds, or is more than a day, is
+ignored, whoever asked for it (the answer or the task's ``Retryable(retry_after=...)``): the
+backoff applies instead and ``Failure.ignored`` says what was ignored. So a stored due time
+is always finite and near.
 """
 
 from __future__ import annotations
 
-import email.utils
 import random
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from ._waits import Waits, header_dict, retry_after
 from .errors import Permanent, Retryable
 
 __all__ = ["Backoff", "Failure", "classify", "retry_after_seconds"]
@@ -41,33 +46,22 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """How an exception was read: retryable or not, a wait the server asked for, a message."""
+    """How an exception was read: retryable or not, a wait the server asked for, a message.
+
+    ``retry_after`` is seconds, finite and at most a day, or ``None`` (back off). ``ignored``
+    names an absurd wait that was asked for and ignored, for the user to be told once.
+    """
 
     retryable: bool
     retry_after: float | None
     message: str
+    ignored: str | None = None
 
 
-def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
-    """The wait a server asked for in ``retry-after-ms`` or ``Retry-After`` (s or date)."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
+def retry_after_seconds(headers: object, now: float) -> float | None:
+    """The wait a server asked for in ``retry-after-ms`` or ``Retry-After`` (s or date);
+    ``None`` when there is none, or none to believe (infinite, negative, over a day)."""
+    return retry_after(header_dict(headers), Waits(now))
 
 
 _RETRYABLE_STATUS = frozenset({408, 429})
@@ -91,7 +85,10 @@ def _http_message(response: httpx.Response) -> str:
 
 
 def _exception_text(exc: BaseException) -> str:
-    text = str(exc).strip().replace("\n", " ")
+    try:
+        text = str(exc).strip().replace("\n", " ")
+    except Exception:  # an exception whose __str__ fails still fails its item, by name
+        text = ""
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 
@@ -104,21 +101,25 @@ def classify(
 ) -> Failure:
     """Read an exception raised by an attempt; ``redact`` hides secrets in the message
     (before it is shortened, so no piece of a secret survives the cut)."""
-    failure = _classify(exc, now, retry_on)
+    waits = Waits(now)
+    failure = _classify(exc, waits, retry_on)
     message = failure.message if redact is None else redact(failure.message)
     if len(message) > 500:
         message = message[:497] + "..."
-    return Failure(failure.retryable, failure.retry_after, message)
+    return Failure(failure.retryable, failure.retry_after, message, waits.ignored)
 
 
-def _classify(exc: BaseException, now: float, retry_on: tuple[type[BaseException], ...]) -> Failure:
+def _classify(
+    exc: BaseException, waits: Waits, retry_on: tuple[type[BaseException], ...]
+) -> Failure:
     if isinstance(exc, Retryable):
-        return Failure(True, exc.retry_after, _exception_text(exc))
+        after = waits.delay(getattr(exc, "retry_after", None), "the task's retry_after")
+        return Failure(True, after, _exception_text(exc))
     if isinstance(exc, Permanent):
         return Failure(False, None, _exception_text(exc))
     if isinstance(exc, httpx.HTTPStatusError):
         response = exc.response
-        after = retry_after_seconds(response.headers, now)
+        after = retry_after(header_dict(response.headers), waits)
         return Failure(_status_retryable(response.status_code), after, _http_message(response))
     if isinstance(exc, httpx.UnsupportedProtocol):
         return Failure(False, None, _exception_text(exc))  # a wrong URL will not heal
@@ -129,14 +130,24 @@ def _classify(exc: BaseException, now: float, retry_on: tuple[type[BaseException
     ):
         return Failure(True, None, _exception_text(exc))
     # SDK errors (openai, anthropic, google) carry the HTTP status and the answer.
-    sdk_response: Any = getattr(exc, "response", None)
-    status: Any = getattr(exc, "status_code", None)
-    if status is None and sdk_response is not None:
-        status = getattr(sdk_response, "status_code", None)
-    if isinstance(status, int):
-        headers = getattr(sdk_response, "headers", None) or {}
-        after = retry_after_seconds(headers, now) if isinstance(headers, Mapping) else None
+    status, headers = _sdk_answer(exc)
+    if status is not None:
+        after = retry_after(header_dict(headers), waits)
         return Failure(_status_retryable(status), after, _exception_text(exc))
     if retry_on and isinstance(exc, retry_on):
         return Failure(True, None, _exception_text(exc))
     return Failure(False, None, _exception_text(exc))
+
+
+def _sdk_answer(exc: BaseException) -> tuple[int | None, object]:
+    """The HTTP status and headers an SDK's exception carries, if any."""
+    try:
+        response: Any = getattr(exc, "response", None)
+        status: Any = getattr(exc, "status_code", None)
+        if status is None and response is not None:
+            status = getattr(response, "status_code", None)
+        if not isinstance(status, int) or isinstance(status, bool):
+            return None, None
+        return status, getattr(response, "headers", None)
+    except Exception:  # a property of a foreign exception that raises: no answer to read
+        return None, None

@@ -1,8 +1,19 @@
-"""Where items come from: JSONL and CSV files, or any Python iterable, read as a stream.
+"""Where items come from: JSONL and CSV files, SQL queries, or any Python iterable, as a stream.
 
 A source yields :class:`Record` objects one at a time, each carrying the position *after*
 it, so the store can commit "read up to here" together with the items it inserted. A
 restarted run seeks to that position instead of reading the whole source again.
+
+Whatever one line holds, it costs at most its own item: a line that cannot become an item
+(undecodable bytes, a NUL character, nesting deeper than :data:`MAX_DEPTH`, a line longer
+than ``max_line_bytes``, an id that is a list or longer than :data:`MAX_ID_LENGTH`, text
+that UTF-8 cannot encode) is a record with an ``error``, which the store keeps as a failed
+item named after its line, and reading goes on. So a record without an error always has a
+string id and data that ``json.dumps(data, default=str)`` writes and UTF-8 encodes. Errors
+describe the problem ("invalid UTF-8 at byte 17 of the line"), never quote the line: it may
+hold a secret. What stops a source before any item is a configuration error
+(:class:`~paceline.ConfigError`): a missing file, or a CSV header or SQL query without the
+id column.
 
 >>> src = JSONL("docs.jsonl", id="doc_id")  # doctest: +SKIP
 """
@@ -14,17 +25,23 @@ import csv
 import itertools
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
+from ._records import MAX_DEPTH, MAX_ID_LENGTH, IdSpec, check
 from .errors import ConfigError
 
 __all__ = [
     "CSV",
     "JSONL",
+    "MAX_DEPTH",
+    "MAX_ID_LENGTH",
+    "MAX_LINE_BYTES",
     "SQL",
     "IdSpec",
     "IterableSource",
@@ -34,7 +51,8 @@ __all__ = [
     "as_source",
 ]
 
-IdSpec = str | Callable[[Mapping[str, Any]], Any]
+MAX_LINE_BYTES = 8 * 2**20
+"""Default longest line (a CSV row: all its lines) read as an item; longer ones fail unread."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +65,11 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One record read from a source: an item, or the reason its line is not one."""
+    """One record read from a source: an item, or the reason its line is not one.
+
+    Without an ``error``, ``id`` is a string and ``data`` a dict fit for the store; with
+    one, both are ``None``.
+    """
 
     line: int
     id: str | None
@@ -71,27 +93,64 @@ class Source(Protocol):
         ...
 
 
-def _item_id(data: Mapping[str, Any], id_spec: IdSpec) -> str | None:
-    value = id_spec(data) if callable(id_spec) else data.get(id_spec)
-    if value is None or value == "":
-        return None
-    return str(value)
+# -- what makes a record an item ------------------------------------------------------------
 
 
-def _missing_id(id_spec: IdSpec) -> str:
-    name = id_spec if isinstance(id_spec, str) else "id function"
-    return f"no id: field {name!r} is missing or empty"
+def _record(
+    line: int, data: dict[str, Any], id_spec: IdSpec, after: Position, *, text: bool = False
+) -> Record:
+    """The record of one line's data: an item, or a failed line saying why it is not one."""
+    item_id, error = check(data, id_spec, text=text)
+    if item_id is None:
+        return Record(line, None, None, error, after)
+    return Record(line, item_id, data, None, after)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _too_long(what: str, size: int, limit: int) -> str:
+    return f"{what} of {size:,} bytes is over the limit of {limit:,} (max_line_bytes)"
+
+
+def _rest_of_line(f: IO[bytes], head: bytes, feed: Callable[[bytes], None] | None = None) -> int:
+    """Read past the rest of a line whose first ``head`` bytes were read; its length."""
+    size = 0
+    while not head.endswith(b"\n"):
+        head = f.readline(2**20)  # a megabyte at a time: a huge line never sits in memory
+        if not head:
+            break
+        size += len(head)
+        if feed is not None:
+            feed(head)
+    return size
+
+
+# -- files ------------------------------------------------------------------------------------
+
+_BOM = codecs.BOM_UTF8
 
 
 class _FileSource:
-    def __init__(self, path: str | os.PathLike[str], *, id: IdSpec = "id") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        id: IdSpec = "id",
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
         self.path = Path(path)
         self.id = id
+        self.max_line_bytes = max_line_bytes
 
     def describe(self) -> str:
         return str(self.path)
 
-    def _open(self) -> Any:
+    def _open(self) -> IO[bytes]:
+        if not isinstance(self.max_line_bytes, int) or self.max_line_bytes < 1:
+            raise ConfigError(f"max_line_bytes must be a positive number of bytes for {self.path}")
         try:
             return self.path.open("rb")
         except FileNotFoundError:
@@ -110,41 +169,65 @@ class _FileSource:
 class JSONL(_FileSource):
     """One JSON object per line; ``id`` names the field (or a function) giving the item id.
 
-    Blank lines are skipped; a line that is not a JSON object, or has no id, becomes a
-    failed item named after its line number, and the rest go on.
+    Blank lines are skipped; a line that is not a JSON object in UTF-8, has no usable id,
+    or is longer than ``max_line_bytes`` (8 MiB by default; such a line is skipped unread),
+    becomes a failed item named after its line number, and the rest go on.
     """
 
     def read(self, start: Position) -> Iterator[Record]:
+        limit = self.max_line_bytes
         with self._open() as f:
             if start.offset > self.size():
                 start = Position()  # the file was replaced by a shorter one: read it again
             f.seek(start.offset)
             offset, line = start.offset, start.line
-            for raw in f:
-                offset += len(raw)
+            while raw := f.readline(limit + 1):
+                at_start = offset == 0
+                size = len(raw)
+                if size > limit:
+                    size += _rest_of_line(f, raw)
+                offset += size
                 line += 1
                 after = Position(offset, line)
+                if size > limit:
+                    yield Record(line, None, None, _too_long("line", size, limit), after)
+                    continue
                 if not raw.strip():
                     continue
-                try:
-                    data = json.loads(raw)
-                except ValueError as exc:
-                    yield Record(line, None, None, f"invalid JSON: {_short(exc)}", after)
-                    continue
-                if not isinstance(data, dict):
-                    kind = type(data).__name__
-                    yield Record(line, None, None, f"not a JSON object but {kind}", after)
-                    continue
-                item_id = _item_id(data, self.id)
-                error = None if item_id is not None else _missing_id(self.id)
-                yield Record(line, item_id, data, error, after)
+                yield self._parse(raw, line, after, at_start)
+
+    def _parse(self, raw: bytes, line: int, after: Position, at_start: bool) -> Record:
+        skipped = len(_BOM) if at_start and raw.startswith(_BOM) else 0
+        try:
+            text = raw[skipped:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            where = skipped + exc.start + 1
+            return Record(line, None, None, f"invalid UTF-8 at byte {where} of the line", after)
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            return Record(line, None, None, f"nested deeper than {MAX_DEPTH} levels", after)
+        except ValueError as exc:  # the decoder's messages give positions, never content
+            return Record(line, None, None, f"invalid JSON: {_short(exc)}", after)
+        if not isinstance(data, dict):
+            kind = type(data).__name__
+            return Record(line, None, None, f"not a JSON object but {kind}", after)
+        return _record(line, data, self.id, after)
 
 
 class CSV(_FileSource):
     """A CSV file with a header row; ``id`` names the column giving the item id.
 
-    Values stay strings. A row with more or fewer fields than the header becomes a failed
-    item named after its line number.
+    Values stay strings. A row with more or fewer fields than the header, bytes that are
+    not in ``encoding``, a NUL character, or more than ``max_line_bytes`` (all its lines)
+    becomes a failed item named after the line it starts on. A quoted field whose closing
+    quote never comes fails its row alone; reading goes on with the next line. A header
+    without the ``id`` column is a :class:`~paceline.ConfigError` before any row is read.
+
+    A quoted field may span lines; a row that does so must parse cleanly (each closing
+    quote followed by a delimiter or the end of the line). Otherwise, as when the closing
+    quote never comes, the quote on its first line is taken for a stray one that swallowed
+    the rows after it: that line alone fails, and reading goes on with the next line.
     """
 
     def __init__(
@@ -154,66 +237,253 @@ class CSV(_FileSource):
         id: IdSpec = "id",
         delimiter: str = ",",
         encoding: str = "utf-8",
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
-        super().__init__(path, id=id)
+        super().__init__(path, id=id, max_line_bytes=max_line_bytes)
         self.delimiter = delimiter
         self.encoding = encoding
 
+    def _check_options(self) -> str:
+        """The codec's name, once the options are known to work."""
+        try:
+            codec = codecs.lookup(self.encoding).name
+        except (LookupError, TypeError):
+            raise ConfigError(f"unknown encoding {self.encoding!r} for {self.path}") from None
+        if codec == "utf-8-sig":
+            codec = "utf-8"  # a byte order mark is dropped anyway
+        if '\n,"'.encode(codec, errors="replace") != b'\n,"':
+            raise ConfigError(
+                f"encoding {self.encoding!r} is not read line by line: convert {self.path} to UTF-8"
+            )
+        if not isinstance(self.delimiter, str) or len(self.delimiter) != 1:
+            raise ConfigError(f"the CSV delimiter must be one character, not {self.delimiter!r}")
+        if self.delimiter in '"\r\n':
+            raise ConfigError(f"the CSV delimiter cannot be {self.delimiter!r}")
+        return codec
+
     def read(self, start: Position) -> Iterator[Record]:
+        codec = self._check_options()
+        # A row is at most max_line_bytes long, so no field of it is over the csv module's
+        # limit (128 KiB by default, process-wide: it is only ever raised here).
+        if csv.field_size_limit() < self.max_line_bytes:
+            csv.field_size_limit(self.max_line_bytes)
         with self._open() as f:
             if start.offset > self.size():
                 start = Position()
-            consumed = [0, 0]  # bytes and physical lines handed to the csv reader so far
-
-            def lines() -> Iterator[str]:
-                # utf-8-sig drops a byte order mark before the csv module sees the header
-                utf8 = codecs.lookup(self.encoding).name == "utf-8"
-                decoder = codecs.getincrementaldecoder("utf-8-sig" if utf8 else self.encoding)()
-                for raw in f:
-                    consumed[0] += len(raw)
-                    consumed[1] += 1
-                    yield decoder.decode(raw)
-
-            reader = csv.reader(lines(), delimiter=self.delimiter)
-            try:
-                header = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:
-                raise ConfigError(f"{self.path}: unreadable CSV header: {exc}") from None
-            if header and header[0].startswith("\ufeff"):
-                header[0] = header[0][1:]
-            if start.offset > consumed[0]:
-                f.seek(start.offset)
-                consumed[0], consumed[1] = start.offset, start.line
-                reader = csv.reader(lines(), delimiter=self.delimiter)
-            while True:
-                first_line = consumed[1] + 1
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as exc:
-                    after = Position(consumed[0], consumed[1])
-                    yield Record(first_line, None, None, f"malformed CSV: {exc}", after)
+            rows = _CsvRows(f, self.delimiter, codec, self.max_line_bytes)
+            header = self._header(rows.next())
+            if header is None:
+                return  # an empty file
+            if start.offset > rows.offset:
+                rows.seek(start)
+            while (raw := rows.next()) is not None:
+                if raw.error is not None or raw.lines is None:
+                    yield Record(raw.line, None, None, raw.error, raw.after)
                     continue
-                after = Position(consumed[0], consumed[1])
-                if not row or row == [""]:
+                several = len(raw.lines) > 1
+                row, error = self._parse(raw.lines, strict=several)
+                if several and error is not None:
+                    # A quoted field over several lines whose closing quote is not followed by
+                    # a delimiter or the line's end: a stray quote that a later one happened
+                    # to close (the next rows' own quotes). Fail its first line alone and read
+                    # on from the next, as for a quote that never closes.
+                    rows.seek(raw.first)
+                    yield Record(raw.line, None, None, _unclosed(raw.after.line), raw.first)
+                    continue
+                if row is None or row == [""]:  # a blank line
+                    if error is not None:
+                        yield Record(raw.line, None, None, error, raw.after)
                     continue
                 if len(row) != len(header):
                     error = f"expected {len(header)} fields, found {len(row)}"
-                    yield Record(first_line, None, None, error, after)
+                    yield Record(raw.line, None, None, error, raw.after)
                     continue
                 data = dict(zip(header, row, strict=True))
-                item_id = _item_id(data, self.id)
-                missing = None if item_id is not None else _missing_id(self.id)
-                yield Record(first_line, item_id, data, missing, after)
+                yield _record(raw.line, data, self.id, raw.after, text=True)
+
+    def _parse(self, lines: list[str], strict: bool = False) -> tuple[list[str] | None, str | None]:
+        try:
+            rows = list(csv.reader(lines, delimiter=self.delimiter, strict=strict))
+        except csv.Error as exc:
+            if "new-line character" in str(exc):
+                return None, "malformed CSV: a line break (CR) inside an unquoted field"
+            return None, f"malformed CSV: {_short(exc)}"
+        if len(rows) != 1:  # the row splitter and the csv module disagree: trust neither
+            return None, "malformed CSV: the row does not end where it should"
+        return (rows[0] or None), None
+
+    def _header(self, raw: _RawRow | None) -> list[str] | None:
+        if raw is None:
+            return None
+        where = f"{self.path}: the CSV header (line {raw.line})"
+        if raw.error is not None or raw.lines is None:
+            raise ConfigError(f"{where} is unreadable: {raw.error}")
+        header, error = self._parse(raw.lines)
+        if error is not None:
+            raise ConfigError(f"{where} is unreadable: {error}")
+        header = header or []
+        if any("\x00" in name for name in header):
+            raise ConfigError(f"{where} has a NUL character in a column name")
+        if isinstance(self.id, str) and self.id not in header:
+            raise ConfigError(f"{where} has no {self.id!r} column for the id; {_columns(header)}")
+        return header
+
+
+def _columns(header: list[str]) -> str:
+    if not header or header == [""]:
+        return "it names no columns"
+    shown = [repr(name if len(name) <= 40 else name[:39] + "…") for name in header[:20]]
+    more = f", … ({len(header)} in all)" if len(header) > 20 else ""
+    return f"the columns are {', '.join(shown)}{more}"
+
+
+@dataclass(frozen=True, slots=True)
+class _RawRow:
+    line: int  # where the row starts
+    first: Position  # after its first line
+    after: Position  # after its last line
+    lines: list[str] | None  # its text, line by line; None when it is not kept (too long)
+    error: str | None
+
+
+class _CsvRows:
+    """Cuts a CSV file into rows, by line, before any field is parsed.
+
+    The csv module reading a file itself would swallow the rest of the file into the field
+    of an unterminated quote, stop at the first undecodable byte, and hold a row of any
+    size in memory. Here each line is decoded alone (an error fails its row only), a row
+    over the limit is read past without being kept, and a row still inside quotes at the end
+    of the file is failed alone: reading starts again on the line after its first.
+    """
+
+    def __init__(self, f: IO[bytes], delimiter: str, codec: str, limit: int) -> None:
+        self.f = f
+        self.quotes = _Quotes(delimiter)
+        self.codec = codec
+        self.limit = limit
+        self.offset = 0
+        self.line = 0
+
+    def seek(self, position: Position) -> None:
+        self.f.seek(position.offset)
+        self.offset, self.line = position.offset, position.line
+
+    def next(self) -> _RawRow | None:
+        """The next row, or ``None`` at the end of the file."""
+        quotes = self.quotes
+        quotes.state = quotes.START
+        lines: list[str] | None = []
+        first: Position | None = None  # after the row's first line
+        size, bad_byte = 0, None
+        while True:
+            raw = self.f.readline(self.limit + 1)
+            if not raw:
+                if first is None:
+                    return None
+                self.seek(first)  # the quote never closed: fail this row's first line alone
+                return _RawRow(first.line, first, first, None, _unclosed(None))
+            length = len(raw)
+            if length > self.limit:  # a line over the limit: scan it for quotes, keep nothing
+                length = self._scan_long_line(raw, quotes)
+                lines = None
+            else:
+                skipped = len(_BOM) if self.offset == 0 and raw.startswith(_BOM) else 0
+                try:
+                    text = raw[skipped:].decode(self.codec)
+                except UnicodeDecodeError as exc:
+                    bad_byte = bad_byte or size + skipped + exc.start + 1
+                    text = raw[skipped:].decode(self.codec, errors="replace")
+                quotes.feed(text)
+                if lines is not None:
+                    lines.append(text)
+            size += length
+            self.offset += length
+            self.line += 1
+            first = first or Position(self.offset, self.line)
+            if size > self.limit:
+                lines = None
+            if not quotes.open:
+                error = None
+                if size > self.limit:
+                    error = _too_long("row", size, self.limit)
+                elif bad_byte is not None:
+                    name = "UTF-8" if self.codec == "utf-8" else self.codec
+                    error = f"invalid {name} at byte {bad_byte} of the row"
+                return _RawRow(first.line, first, Position(self.offset, self.line), lines, error)
+
+    def _scan_long_line(self, head: bytes, quotes: _Quotes) -> int:
+        decoder = codecs.getincrementaldecoder(self.codec)(errors="replace")
+
+        def feed(chunk: bytes) -> None:
+            quotes.feed(decoder.decode(chunk))
+
+        feed(head)
+        size = len(head) + _rest_of_line(self.f, head, feed)
+        quotes.feed(decoder.decode(b"", final=True))
+        return size
+
+
+def _unclosed(closed_on: int | None) -> str:
+    how = (
+        "never closes"
+        if closed_on is None
+        else f"runs to line {closed_on} and does not end as a field should"
+    )
+    return (
+        f"unterminated quote: a quoted field opened on this line {how}, so this line is "
+        "failed alone and reading goes on with the next (check the rows after it)"
+    )
+
+
+class _Quotes:
+    """Whether CSV text fed so far stops inside a quoted field, as the csv module reads it
+    (the ``excel`` dialect): a quote opens a field only at its start, ``""`` inside quotes
+    is a quote, and a line break inside quotes belongs to the field."""
+
+    __slots__ = ("delimiter", "opening", "state")
+
+    START, FIELD, QUOTED, CLOSING = range(4)  # CLOSING: a quote seen inside quotes
+
+    def __init__(self, delimiter: str) -> None:
+        self.delimiter = delimiter
+        self.opening = re.compile(f'(?<=[{re.escape(delimiter)}\n])"')
+        self.state = self.START
+
+    @property
+    def open(self) -> bool:
+        return self.state == self.QUOTED
+
+    def feed(self, text: str) -> None:
+        state, i, n, ends = self.state, 0, len(text), (self.delimiter, "\n")
+        while i < n:
+            if state == self.QUOTED:
+                j = text.find('"', i)
+                if j < 0:
+                    break
+                state, i = self.CLOSING, j + 1
+            elif state == self.CLOSING:
+                c = text[i]
+                state = self.QUOTED if c == '"' else self.START if c in ends else self.FIELD
+                i += 1
+            elif state == self.START and text[i] == '"':
+                state, i = self.QUOTED, i + 1
+            else:  # outside quotes, a quote opens a field only right after a delimiter or line
+                found = self.opening.search(text, i)
+                if found is None:
+                    state, i = (self.START if text[-1] in ends else self.FIELD), n
+                else:
+                    state, i = self.QUOTED, found.end()
+        self.state = state
+
+
+# -- iterables and queries --------------------------------------------------------------------
 
 
 class IterableSource:
     """Any iterable of dicts (or a function returning one, so a rerun can read it again).
 
-    The position is a record count: a restarted run skips that many records.
+    The position is a record count: a restarted run skips that many records. A record that
+    is not a dict, or cannot be stored, is a failed item named after its number.
     """
 
     def __init__(
@@ -244,9 +514,13 @@ class IterableSource:
                 error = f"not a dict but {type(data).__name__}"
                 yield Record(count, None, None, error, after)
                 continue
-            item_id = _item_id(data, self.id)
-            error = None if item_id is not None else _missing_id(self.id)
-            yield Record(count, item_id, dict(data), error, after)
+            try:
+                copy = dict(data)
+            except Exception as exc:  # a mapping that cannot list itself
+                error = f"the record cannot be read ({type(exc).__name__})"
+                yield Record(count, None, None, error, after)
+                continue
+            yield _record(count, copy, self.id, after)
 
 
 def as_source(source: Any) -> Source:
@@ -263,9 +537,9 @@ def as_source(source: Any) -> Source:
     raise ConfigError(f"unsupported source: {type(source).__name__}")
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    return text if len(text) <= 120 else text[:117] + "..."
+# SQLite text that is not UTF-8 would stop the cursor for good; read it with its bad bytes
+# as lone surrogates instead, and let the record check fail that row alone.
+_sqlite_text = partial(str, encoding="utf-8", errors="surrogateescape")
 
 
 class SQL:
@@ -273,7 +547,9 @@ class SQL:
     streamed: PostgreSQL through a server-side cursor, SQLite row by row.
 
     The position is a row count: a restarted run runs the query again and skips the rows
-    already read, so the query should return rows in a stable order (``ORDER BY``).
+    already read, so the query should return rows in a stable order (``ORDER BY``). A row
+    with no usable id, or values that cannot be stored, is a failed item named after its
+    row number; a query without the id column is a :class:`~paceline.ConfigError`.
 
     >>> SQL("postgresql://localhost/app",
     ...     "SELECT id, email FROM users ORDER BY id")  # doctest: +SKIP
@@ -300,6 +576,12 @@ class SQL:
         where = "PostgreSQL" if self.postgres else f"SQLite {self.target}"
         return f"query on {where}"
 
+    def _check_columns(self, names: list[str]) -> None:
+        if isinstance(self.id, str) and self.id not in names:
+            raise ConfigError(
+                f"the source query has no {self.id!r} column for the id; {_columns(names)}"
+            )
+
     def _rows(self) -> Iterator[dict[str, Any]]:
         if self.postgres:
             from .postgres import connect
@@ -316,6 +598,7 @@ class SQL:
                         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                         raise ConfigError(f"source query failed: {first}") from None
                     names = [d.name for d in cur.description or []]
+                    self._check_columns(names)
                     for values in cur:
                         yield dict(zip(names, values, strict=True))
             finally:
@@ -324,12 +607,14 @@ class SQL:
         if not Path(self.target).exists():
             raise ConfigError(f"source database not found: {self.target}")
         db = sqlite3.connect(f"file:{self.target}?mode=ro", uri=True)
+        db.text_factory = _sqlite_text
         try:
             try:
                 cursor = db.execute(self.query, self.params)
             except sqlite3.Error as exc:
                 raise ConfigError(f"source query failed: {exc}") from None
-            names = [d[0] for d in cursor.description]
+            names = [d[0] for d in cursor.description or []]
+            self._check_columns(names)
             for values in cursor:
                 yield dict(zip(names, values, strict=True))
         finally:
@@ -339,7 +624,4 @@ class SQL:
         count = start.offset
         for data in itertools.islice(self._rows(), start.offset, None):
             count += 1
-            after = Position(count, count)
-            item_id = _item_id(data, self.id)
-            error = None if item_id is not None else _missing_id(self.id)
-            yield Record(count, item_id, data, error, after)
+            yield _record(count, data, self.id, Position(count, count))

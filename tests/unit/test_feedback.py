@@ -46,10 +46,26 @@ def test_retry_after_ms_is_more_precise_and_wins() -> None:
     assert read(429, headers).retry_at == NOW + 1.5
 
 
-@pytest.mark.parametrize("value", ["soon", "-5", "nan", "inf", ""])
+@pytest.mark.parametrize("value", ["soon", ""])
 def test_unreadable_retry_after_is_no_advice(value: str) -> None:
     assert read(429, {"Retry-After": value}) == Feedback(
         Verdict.RATE_LIMITED, None, reason="429 rate limit"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("-5", "ignored Retry-After of -5 s: negative"),
+        ("nan", "ignored Retry-After of nan: not a finite number"),
+        ("inf", "ignored Retry-After of inf: not a finite number"),
+        ("1e309", "ignored Retry-After of inf: not a finite number"),
+        ("86401", "ignored Retry-After of 86401 s: more than a day"),
+    ],
+)
+def test_absurd_retry_after_is_no_advice_and_is_noted(value: str, why: str) -> None:
+    assert read(429, {"Retry-After": value}) == Feedback(
+        Verdict.RATE_LIMITED, None, reason="429 rate limit", ignored=why
     )
 
 
@@ -859,3 +875,184 @@ def test_random_junk_never_raises() -> None:
     for _ in range(2000):
         headers = {rng.choice(names): str(rng.choice(atoms)) for _ in range(rng.randint(0, 4))}
         read_feedback(rng.choice([200, 401, 403, 429, 529]), headers, junk(5), NOW)
+
+
+# -- no wait is infinite, absurd or negative ------------------------------------------------
+
+
+def test_503_with_infinite_retry_after_ms_is_ignored_not_stored_as_infinity() -> None:
+    # Regression: the item's due time became infinity and the job never finished.
+    fb = read(503, {"retry-after-ms": "inf"})
+    assert fb == Feedback(
+        Verdict.OK,
+        None,
+        reason="provider overloaded (HTTP 503)",
+        ignored="ignored retry-after-ms of inf: not a finite number",
+    )
+
+
+def test_absurd_retry_after_ms_falls_back_to_a_sane_retry_after() -> None:
+    fb = read(429, {"retry-after-ms": "-1", "retry-after": "4"})
+    assert (fb.retry_at, fb.ignored) == (NOW + 4, "ignored retry-after-ms of -0.001 s: negative")
+
+
+def test_429_with_a_retry_after_of_ten_thousand_years_is_ignored() -> None:
+    # Regression: the key was cooled past the year 9999 and the run crashed.
+    fb = read(429, {"Retry-After": "300000000000"})
+    assert (fb.verdict, fb.retry_at) == (Verdict.RATE_LIMITED, None)
+    assert fb.ignored == "ignored Retry-After of 300000000000 s: more than a day"
+
+
+def test_retry_after_http_date_beyond_a_day_is_ignored() -> None:
+    fb = read(429, {"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"})
+    assert fb.retry_at is None
+    assert fb.ignored is not None
+    assert fb.ignored.startswith("ignored Retry-After date ")
+
+
+@pytest.mark.parametrize(
+    "reset",
+    [
+        "1718896200",  # epoch seconds
+        "1718896200000",  # epoch milliseconds
+        "1718896200000000",  # epoch microseconds
+        "1718896200000000000",  # epoch nanoseconds
+    ],
+)
+def test_github_reset_as_an_epoch_in_any_unit_parks_the_key_until_then(reset: str) -> None:
+    headers = {**github_headers("0"), "x-ratelimit-reset": reset}
+    fb = read(
+        403, headers, {"message": "API rate limit exceeded", "documentation_url": GITHUB_DOCS}
+    )
+    assert (fb.verdict, fb.retry_at, fb.ignored) == (Verdict.QUOTA_EXHAUSTED, 1_718_896_200.0, None)
+    assert fb.windows[0].reset_at == 1_718_896_200.0
+
+
+@pytest.mark.parametrize("reset", ["30000000000", "9" * 30, "1e400", "-60"])
+def test_absurd_github_reset_parks_the_key_for_an_hour_at_most(reset: str) -> None:
+    headers = {**github_headers("0"), "x-ratelimit-reset": reset}
+    fb = read(
+        429, headers, {"message": "API rate limit exceeded", "documentation_url": GITHUB_DOCS}
+    )
+    assert (fb.verdict, fb.retry_at, fb.scope) == (Verdict.QUOTA_EXHAUSTED, NOW + 3600, "hour")
+    assert fb.windows[0].reset_at is None
+    assert fb.ignored is not None
+    assert fb.ignored.startswith("ignored x-ratelimit-reset")
+
+
+def test_x_ratelimit_reset_of_microseconds_is_not_read_as_seconds() -> None:
+    # Regression: 1.7e15 was taken for epoch milliseconds: a reset in the year 55,000.
+    stamp = str(int((NOW + 30) * 1_000_000))
+    fb = read(
+        200, {"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": stamp}
+    )
+    assert fb.windows[0].reset_at == pytest.approx(NOW + 30)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"RateLimit-Policy": '"burst";q=100;w=-60', "RateLimit": '"burst";r=0;t=5'},
+        {"RateLimit-Policy": '"burst";q=100;w=0', "RateLimit": '"burst";r=0;t=5'},
+        {"RateLimit-Policy": '"burst";q=100;w=inf', "RateLimit": '"burst";r=0;t=5'},
+        {"RateLimit-Policy": '"burst";q=100;w=1e-9', "RateLimit": '"burst";r=0;t=5'},
+    ],
+)
+def test_a_window_that_is_not_a_positive_length_is_dropped(headers: dict[str, str]) -> None:
+    # Regression: a window of w=-60 became a limit the limiter refused, failing the item.
+    fb = read(429, headers)
+    assert fb.windows == (Window("requests", 100, 0, NOW + 5, None, "burst"),)
+    assert fb.retry_at == NOW + 5
+    assert fb.ignored is not None
+    assert fb.ignored.startswith("ignored RateLimit-Policy w")
+
+
+def test_a_legacy_policy_with_a_negative_window_is_dropped() -> None:
+    headers = {
+        "RateLimit-Limit": "100",
+        "RateLimit-Remaining": "5",
+        "RateLimit-Policy": "100;w=-60",
+    }
+    fb = read(200, headers)
+    assert fb.windows == (Window("requests", 100, 5, None, None),)
+    assert fb.ignored == "ignored RateLimit-Policy w of -60 s: not positive"
+
+
+@pytest.mark.parametrize(
+    ("t", "why"),
+    [
+        ("-3", "ignored RateLimit t of -3 s: negative"),
+        ("inf", "ignored RateLimit t of inf: not a finite number"),
+        ("1e12", "ignored RateLimit t of 1000000000000 s: more than a day"),
+    ],
+)
+def test_absurd_ietf_reset_is_ignored(t: str, why: str) -> None:
+    headers = {"RateLimit-Policy": '"daily";q=1000;w=86400', "RateLimit": f'"daily";r=0;t={t}'}
+    fb = read(429, headers)
+    assert fb.windows == (Window("requests", 1000, 0, None, 86_400.0, "daily"),)
+    assert (fb.verdict, fb.retry_at, fb.ignored) == (Verdict.RATE_LIMITED, None, why)
+
+
+@pytest.mark.parametrize("duration", ["99999999999h", "9" * 400 + "s", "25h", "-5", "nan", "1e309"])
+def test_absurd_go_duration_resets_are_ignored(duration: str) -> None:
+    fb = read(200, {"x-ratelimit-reset-tokens": duration, "x-ratelimit-limit-tokens": "1000"})
+    assert fb.windows == (Window("tokens", 1000, None, None, 60.0, "tokens"),)
+    assert fb.ignored is not None
+    assert fb.ignored.startswith("ignored x-ratelimit-reset-tokens")
+
+
+def test_absurd_wait_in_an_openai_message_is_ignored() -> None:
+    body = openai_429(
+        "requests", "Rate limit reached on requests per min. Please try again in 999999h."
+    )
+    fb = read(429, {}, body)
+    assert (fb.verdict, fb.retry_at) == (Verdict.RATE_LIMITED, None)
+    assert fb.ignored == "ignored the wait the message gives of 3599996400 s: more than a day"
+
+
+@pytest.mark.parametrize("delay", ["999999999s", "9" * 400 + "s", "-1"])
+def test_absurd_gemini_retry_delay_leaves_the_wait_to_the_limiter(delay: str) -> None:
+    fb = read(429, {}, gemini_429(PER_MINUTE, delay=delay, value="15"))
+    assert (fb.verdict, fb.retry_at, fb.scope) == (Verdict.RATE_LIMITED, None, "minute")
+    assert fb.windows == (Window("requests", 15, None, None, 60.0, PER_MINUTE),)
+    assert fb.ignored is not None
+    assert fb.ignored.startswith("ignored RetryInfo retryDelay")
+
+
+def test_gemini_daily_quota_still_waits_for_midnight_whatever_retry_delay_says() -> None:
+    fb = read(429, {}, gemini_429(DAILY, delay="99999999999s"))
+    assert (fb.verdict, fb.retry_at) == (Verdict.QUOTA_EXHAUSTED, GEMINI_DAY_END)
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("9999-12-31T23:59:59Z", None),  # past any day ahead: ignored
+        ("1969-07-20T20:17:00Z", NOW),  # already past: full again now
+        ("0001-01-01T00:00:00Z", NOW),
+    ],
+)
+def test_anthropic_reset_dates_far_off_are_never_out_of_range(
+    stamp: str, expected: float | None
+) -> None:
+    fb = read(
+        200,
+        {"anthropic-ratelimit-requests-reset": stamp, "anthropic-ratelimit-requests-limit": "50"},
+    )
+    assert fb.windows[0].reset_at == expected
+
+
+def test_only_the_first_ignored_wait_is_noted() -> None:
+    headers = {
+        "retry-after": "inf",
+        "x-ratelimit-reset-requests": "-1",
+        "x-ratelimit-limit-requests": "5",
+    }
+    fb = read(429, headers)
+    assert fb.ignored is not None
+    assert fb.ignored.count("ignored") == 1
+
+
+def test_counts_no_quota_could_have_are_junk() -> None:
+    headers = {"x-ratelimit-limit-requests": "1e300", "x-ratelimit-remaining-requests": "5"}
+    assert read(200, headers).windows == (Window("requests", None, 5, None, 60.0, "requests"),)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import email.utils
 import itertools
+import math
 import random
 import sqlite3
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 
 from paceline.errors import Permanent, Retryable
-from paceline.retry import Backoff, classify
+from paceline.retry import Backoff, classify, retry_after_seconds
 
 NOW = 1_700_000_000.0
 URL = "https://api.example.com/v1/chat?key=SECRET&page=2"
@@ -177,3 +179,96 @@ def test_an_sdk_error_with_the_status_only_on_its_response() -> None:
     exc = Exception("server error")
     exc.response = SimpleNamespace(status_code=503, headers={})  # type: ignore[attr-defined]
     assert classify(exc, NOW).retryable
+
+
+# -- no wait is infinite, absurd or negative ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({"retry-after-ms": "inf"}, "ignored retry-after-ms of inf: not a finite number"),
+        ({"retry-after-ms": "nan"}, "ignored retry-after-ms of nan: not a finite number"),
+        ({"Retry-After": "300000000000"}, "ignored Retry-After of 300000000000 s: more than a day"),
+        ({"Retry-After": "-7"}, "ignored Retry-After of -7 s: negative"),
+        ({"Retry-After": "1e309"}, "ignored Retry-After of inf: not a finite number"),
+    ],
+)
+def test_an_absurd_retry_after_is_ignored_so_backoff_applies(
+    headers: dict[str, str], why: str
+) -> None:
+    # Regression: `retry-after-ms: inf` stored the item's due time as infinity.
+    failure = classify(status_error(503, headers), NOW)
+    assert (failure.retryable, failure.retry_after, failure.ignored) == (True, None, why)
+
+
+def test_retry_after_as_an_http_date_past_the_year_9999_is_ignored() -> None:
+    failure = classify(status_error(429, {"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}), NOW)
+    assert failure.retry_after is None
+    assert failure.ignored is not None
+
+
+def test_retry_after_as_a_date_already_past_means_now() -> None:
+    when = email.utils.formatdate(NOW - 90, usegmt=True)
+    failure = classify(status_error(503, {"Retry-After": when}), NOW)
+    assert (failure.retry_after, failure.ignored) == (0.0, None)
+
+
+@pytest.mark.parametrize(
+    ("wait", "why"),
+    [
+        (math.inf, "ignored the task's retry_after of inf: not a finite number"),
+        (math.nan, "ignored the task's retry_after of nan: not a finite number"),
+        (-1, "ignored the task's retry_after of -1 s: negative"),
+        (10**400, "ignored the task's retry_after of inf: not a finite number"),
+        (3e11, "ignored the task's retry_after of 300000000000 s: more than a day"),
+        ("30", "ignored the task's retry_after: not a number (str)"),
+    ],
+)
+def test_an_absurd_wait_from_the_task_is_ignored(wait: Any, why: str) -> None:
+    failure = classify(Retryable("busy", retry_after=wait), NOW)
+    assert (failure.retryable, failure.retry_after, failure.ignored) == (True, None, why)
+
+
+def test_a_sane_wait_from_the_task_is_kept_and_nothing_is_noted() -> None:
+    failure = classify(Retryable("busy", retry_after=86_400), NOW)
+    assert (failure.retry_after, failure.ignored) == (86_400, None)
+
+
+def test_an_sdk_error_with_an_absurd_wait_is_retried_with_backoff() -> None:
+    failure = classify(FakeSDKError(429, {"Retry-After": "inf"}), NOW)  # names in any case
+    assert (failure.retryable, failure.retry_after) == (True, None)
+    assert failure.ignored == "ignored Retry-After of inf: not a finite number"
+
+
+def test_an_sdk_error_with_numbers_for_headers_is_read() -> None:
+    exc = FakeSDKError(429, {})
+    exc.response.headers = {"retry-after": 3}
+    assert classify(exc, NOW).retry_after == 3.0
+
+
+def test_an_exception_whose_attributes_raise_is_still_classified() -> None:
+    class Odd(Exception):
+        @property
+        def response(self) -> Any:
+            raise RuntimeError("no")
+
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    failure = classify(Odd(), NOW)
+    assert (failure.retryable, failure.message) == (False, "Odd")
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "2"}, 2.0),
+        ({"Retry-After-Ms": "250"}, 0.25),
+        ({"retry-after": "inf"}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_retry_after_seconds_reads_any_mapping(headers: Any, expected: float | None) -> None:
+    assert retry_after_seconds(headers, NOW) == expected
