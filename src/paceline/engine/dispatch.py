@@ -121,6 +121,9 @@ class Dispatcher:
                 self._next_promote = now + 1.0
                 self.progress.move("retry", "pending", await io.call(store.promote_due, now))
             caps = self.budgets.caps()
+            # Read before claiming: the source is done only if its last chunk was in the
+            # store when the claim looked (ingest may finish while the claim runs).
+            source_done = self.progress.source_done
             items = await io.call(store.claim, room, self.worker_id, now, caps)
             if items:
                 self._enqueue(items)
@@ -130,7 +133,7 @@ class Dispatcher:
                 if reason is not None:
                     state.finish_soft(reason)
                     break
-            if not self.progress.source_done:
+            if not source_done:
                 await self.wait_progress(0.2)
                 continue
             promoted = await io.call(store.promote_due, self.clock.time())
