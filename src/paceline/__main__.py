@@ -1,5 +1,5 @@
 """``python -m paceline`` runs the CLI."""
 
-from .cli import main
+from ._entry import main
 
 main()

@@ -156,6 +156,8 @@ def run(
     )
     if reporter is None:
         click.echo(summary_text(result))
+    if result.error is not None:
+        _error(result.error)
     if result.interrupted:
         # A task thread still blocked in user code must not hold the exit (interpreter
         # shutdown joins pool threads); everything durable is already committed.

@@ -5,7 +5,8 @@
     PacelineError
     ├── ConfigError          bad job file, option or source: the CLI exits 2 with one line
     │   └── JobAlreadyRunning  another live run holds the job's store
-    ├── StoreError           the store cannot be opened or is not a paceline store
+    ├── StoreError           the store cannot be opened, read or written
+    ├── SinkError            the sink cannot take rows (its disk, its database)
     └── TaskError            raised *by task code* to say how paceline should treat a failure
         ├── Retryable        try the item again later (optionally after ``retry_after`` s)
         └── Permanent        give up on the item now, whatever the retry budget
@@ -19,6 +20,7 @@ __all__ = [
     "PacelineError",
     "Permanent",
     "Retryable",
+    "SinkError",
     "StoreError",
     "TaskError",
 ]
@@ -38,6 +40,10 @@ class JobAlreadyRunning(ConfigError):
 
 class StoreError(PacelineError):
     """The store could not be opened or read."""
+
+
+class SinkError(PacelineError):
+    """The sink cannot take rows: its disk is full, its database is gone."""
 
 
 class TaskError(PacelineError):

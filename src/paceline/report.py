@@ -103,6 +103,10 @@ def summary_text(result: RunResult) -> str:
         )
     elif result.stop_reason == "no usable key":
         head = "stopped: no usable key left"
+    elif result.error is not None:
+        head = "stopped: it cannot go on (see the error below)"
+    elif result.stop_reason == "stop requested":
+        head = "stopped by `paceline stop`"
     elif result.interrupted:
         head = f"stopped ({result.stop_reason})"
     elif s.failed:

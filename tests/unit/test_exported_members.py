@@ -22,6 +22,8 @@ def test_all_is_sorted_without_repeats() -> None:
 
 
 def test_all_lists_every_public_class_and_function_of_the_package() -> None:
+    for name in dir(paceline):  # public names load on first use: load them all
+        getattr(paceline, name)
     public = {
         name
         for name, value in vars(paceline).items()
@@ -37,3 +39,16 @@ def test_every_name_in_all_resolves() -> None:
     exec("from paceline import *", namespace)
     for name in paceline.__all__:
         assert namespace[name] is getattr(paceline, name)
+
+
+def test_importing_the_package_loads_nothing_heavy() -> None:
+    # `import paceline` stays cheap (the CLI's signal handlers go in before the rest).
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, paceline; "
+        "print(sorted(m for m in ('httpx', 'rich', 'click') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -142,6 +142,8 @@ class Attempts:
         except Exception as exc:
             now = self.clock.time()
             failure = classify(exc, now, job.retry_on, self.redact)
+            if failure.ignored:
+                self.progress.note(failure.ignored, once=True)
             if failure.retryable and attempts <= job.retries:
                 delay = failure.retry_after
                 if delay is None:

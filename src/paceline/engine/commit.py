@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from paceline.clock import Clock
+from paceline.errors import SinkError
 from paceline.item import Status
 from paceline.sinks import Sink
 from paceline.store import KeyUsage, Outcome, RowWriter
@@ -218,9 +219,10 @@ class Committer:
             try:
                 state = self._write(rows)
             except Exception as exc:
-                if sink_level(exc):
-                    raise
-                state, outcomes = self._write_rows_alone(batch)
+                if not sink_level(exc):
+                    state, outcomes = self._write_rows_alone(batch)
+                else:
+                    raise self._sink_error(exc) from exc
         return store.complete(
             outcomes, now, worker_id=self.worker_id, sink_state=state, keys=keys, days=days,
             cost=cost,
@@ -239,6 +241,13 @@ class Committer:
             start += size
         return state
 
+    def _sink_error(self, exc: Exception) -> Exception:
+        """A sink-level error as one line naming the sink (a lock or a dropped
+        connection stays itself: it is waited out)."""
+        if transient(exc):
+            return exc
+        return SinkError(self.redact(f"{self.sink.describe()}: {describe_exception(exc)}"))
+
     def _write_rows_alone(self, batch: list[Result]) -> tuple[str | None, list[Outcome]]:
         """A row the sink cannot take fails its item; the rest of the batch goes in."""
         state, outcomes = None, []
@@ -248,7 +257,7 @@ class Committer:
                     state = self.sink.write([row]) or state
                 except Exception as exc:
                     if sink_level(exc):
-                        raise
+                        raise self._sink_error(exc) from exc
                     message = self.redact(f"the sink refused the result: {describe_exception(exc)}")
                     outcome = Outcome(
                         outcome.seq, Status.FAILED, outcome.attempts, message, None,

@@ -57,10 +57,12 @@ class RunResult:
     stop_reason: str | None
     store: str
     sink: str
+    #: Why the run could not go on (the store or the sink failed), in one line.
+    error: str | None = None
     exit_code: int = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.stop_reason == "no usable key":
+        if self.stop_reason == "no usable key" or self.error is not None:
             self.exit_code = 2
         elif self.interrupted:
             self.exit_code = 130

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import httpx
 
 from paceline.clock import Clock
-from paceline.errors import ConfigError
+from paceline.errors import ConfigError, PacelineError
 from paceline.sinks import JSONLSink, SQLiteSink
 from paceline.store import RowWriter, WorkerInfo, describe_target
 
@@ -36,7 +37,7 @@ from .budget import Budgets
 from .commit import Committer
 from .dispatch import Dispatcher
 from .guard import GuardedClient
-from .ingest import Ingestor
+from .ingest import Ingestor, describe_exception
 from .membership import Membership
 from .progress import Progress
 from .quota import PoolRun
@@ -111,6 +112,7 @@ class Engine:
         self._client: httpx.AsyncClient | None = None
         self._attempts: Attempts | None = None
         self._dispatcher: Dispatcher | None = None
+        self._started = False
         if self.pool is not None:
             self.state.on_stop(self.pool.close)
 
@@ -145,6 +147,7 @@ class Engine:
         )
         try:
             await self._open()
+            self._started = True
             dispatcher = self._dispatcher = Dispatcher(
                 self.io, self.progress, state, self.clock, self.worker_id, self.budgets,
                 attempts, self.committer,
@@ -168,10 +171,13 @@ class Engine:
                 helpers.append(asyncio.create_task(scaler.run()))
             await dispatcher.feed()
             await dispatcher.shut_down(self.grace)
+        except asyncio.CancelledError:
+            raise
         except BaseException as exc:
             if state.fatal is None:
-                state.fatal = exc  # recorded as a failed run; raised again below
-            raise
+                state.fatal = exc  # recorded as a failed run
+            if not self._started or self._describe_failure(exc) is None:
+                raise
         finally:
             workers = list(self._dispatcher.workers) if self._dispatcher else []
             # A commit under way finishes first: cancelled halfway, its batch would be
@@ -184,13 +190,28 @@ class Engine:
                 await self.committer.final()
             finally:
                 await self._close()
+        error = None
         if state.fatal is not None:
-            raise state.fatal
+            error = self._describe_failure(state.fatal) if self._started else None
+            if error is None:
+                raise state.fatal
+            self.progress.note(error)
         self.progress.tick()  # the summary's rates include the very end
         return RunResult(
             self.snapshot(), state.interrupted, state.stopping,
-            describe_target(self.store_target), job.sink.describe(),
+            describe_target(self.store_target), job.sink.describe(), error,
         )  # fmt: skip
+
+    def _describe_failure(self, exc: BaseException) -> str | None:
+        """The cause of a failure of the store, the sink or the source, in one line (the
+        run then ends with its summary); ``None`` for anything else (a bug: raised)."""
+        if isinstance(exc, PacelineError):
+            return self.redact(str(exc))
+        driver = type(exc).__module__.split(".")[0]
+        if isinstance(exc, (sqlite3.Error, OSError)) or driver == "psycopg":
+            where = describe_target(self.store_target)
+            return self.redact(f"store {where}: {describe_exception(exc)}")
+        return None
 
     async def _open(self) -> None:
         io, job = self.io, self.job

@@ -1,0 +1,85 @@
+"""Trust: a failing disk or a signal at the wrong moment ends a run cleanly, losing nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import paceline_cmd, run_cli
+
+FULL_DISK_JOB = """
+import errno
+from pathlib import Path
+
+import paceline as pl
+
+HERE = Path(__file__).parent
+
+
+def rows_to_disk(rows):
+    if (HERE / "disk-full").exists():
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with (HERE / "rows.txt").open("a") as f:
+        f.writelines(row["id"] + "\\n" for row in rows)
+
+
+job = pl.Job("disk", source=[{"id": f"i{n:04d}"} for n in range(300)], sink=rows_to_disk,
+             concurrency=4)
+
+
+@job.task
+async def work(item, ctx):
+    return {"ok": True}
+"""
+
+
+def test_a_full_disk_stops_the_run_with_its_summary_and_the_cause(tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(FULL_DISK_JOB)
+    (tmp_path / "disk-full").touch()
+    result = run_cli("run", job, "--progress", "none")
+    assert result.returncode == 2
+    assert "paceline: job 'disk' stopped" in result.stdout  # the summary is there
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("paceline: error: ") and "No space left on device" in line
+    assert "rows_to_disk" in line  # it names the sink
+    (tmp_path / "disk-full").unlink()
+    again = run_cli("run", job, "--progress", "none")
+    assert again.returncode == 0, again.stderr
+    assert "rollback" not in again.stderr
+    ids = (tmp_path / "rows.txt").read_text().split()
+    assert sorted(set(ids)) == [f"i{n:04d}" for n in range(300)]
+
+
+def test_a_signal_in_the_first_moments_exits_130_with_one_line(tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(FULL_DISK_JOB)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        for delay in (0.05, 0.15, 0.3):
+            proc = subprocess.Popen(
+                paceline_cmd("run", job, "--progress", "none"),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(delay)
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=60)
+            if proc.returncode == 0:
+                continue  # it finished before the signal landed
+            assert proc.returncode == 130, (sig, delay, proc.returncode, err)
+            assert "Traceback" not in err and "Traceback" not in out, err
+            assert len(err.strip().splitlines()) <= 2, err
+
+
+def test_status_shows_the_last_run_failed_on_an_error(tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(FULL_DISK_JOB)
+    (tmp_path / "disk-full").touch()
+    run_cli("run", job, "--progress", "none")
+    status = json.loads(run_cli("status", job, "--json").stdout)
+    assert status["state"] == "failed" and status["done"] == 0
