@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,7 +94,10 @@ def test_one_worker_at_a_time_reads_the_source(pg_dsn: str, stores: list[Postgre
     a, b, _ = stores
     assert a.lock_source("a") is True
     assert b.lock_source("b") is False
-    a.close()  # the reader dies: its session lock goes with it
+    a.close()  # the reader dies: its session lock goes with it (once its backend exits)
+    deadline = time.monotonic() + 10
+    while not b.lock_source("b") and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert b.lock_source("b") is True
     stores[0] = open_store(pg_dsn, "job")  # type: ignore[assignment]
 
