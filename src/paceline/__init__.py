@@ -25,6 +25,7 @@ from .postgres import PostgresSink
 from .retry import Backoff
 from .sinks import Batch, CallableSink, JSONLSink, Sink, SQLiteSink
 from .sources import CSV, JSONL, SQL, IterableSource, Source
+from .upload import Upload
 
 __all__ = [
     "CSV",
@@ -60,6 +61,7 @@ __all__ = [
     "StoreError",
     "SystemClock",
     "TaskError",
+    "Upload",
 ]
 
 __version__ = "0.1.0"
