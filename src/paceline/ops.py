@@ -33,6 +33,7 @@ __all__ = [
     "failures",
     "items",
     "retry",
+    "statuses",
     "stop",
 ]
 
@@ -85,6 +86,19 @@ def expedite(job: Job, ids: Sequence[str], store: StoreTarget | None = None) -> 
     db = _open(job, store)
     try:
         return db.expedite(list(ids), SYSTEM_CLOCK.time())
+    finally:
+        db.close()
+
+
+def statuses(job: Job, ids: Sequence[str], store: StoreTarget | None = None) -> dict[str, str]:
+    """The status of each of ``ids`` known to the store (read-only; unknown ids are left
+    out)."""
+    target = job.store_target(store)
+    if not store_exists(target):
+        return {}
+    db = open_store(target, job.name, readonly=True)
+    try:
+        return db.statuses_of(list(ids))
     finally:
         db.close()
 

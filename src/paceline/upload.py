@@ -279,7 +279,8 @@ class Receiver:
         self.size += len(chunk)
         if self.max_bytes is not None and self.size > self.max_bytes:
             self.abort()
-            raise UploadTooLarge(f"the file is larger than the limit of {_mib(self.max_bytes)}")
+            limit = size_text(self.max_bytes)
+            raise UploadTooLarge(f"the file is larger than the limit of {limit}")
         self._hash.update(chunk)
         self.newlines += chunk.count(b"\n")
         self._last = chunk[-1:]
@@ -396,8 +397,9 @@ def _is_utf8(encoding: str) -> bool:
     return encoding.lower().replace("_", "-") in ("utf-8", "utf8")
 
 
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):g} MiB"
+def size_text(n: float) -> str:
+    """``100 MiB``, or ``1,000 bytes`` below a mebibyte."""
+    return f"{n / (1 << 20):g} MiB" if n >= 1 << 20 else f"{int(n):,} bytes"
 
 
 def _write_index(inbox: Path, files: list[UploadedFile]) -> None:
