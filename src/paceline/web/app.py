@@ -76,7 +76,9 @@ def create_app(
         "`Authorization: Bearer TOKEN`; event streams take `?ticket=` from "
         "`POST /api/tickets`.",
         lifespan=lifespan,
-        docs_url="/api/docs",
+        # The interactive docs load their scripts from a CDN, which the pages' content
+        # policy (and an offline machine) refuses: /openapi.json is the description.
+        docs_url=None,
         redoc_url=None,
     )
     app.state.dashboard = dash
@@ -143,6 +145,9 @@ class Server:
         except OSError as exc:
             self._socket.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        # Listening now: connections wait in the backlog until uvicorn takes them, so the
+        # URL printed before it starts is good at once.
+        self._socket.listen(2048)
         self.host = host
         self.port: int = self._socket.getsockname()[1]
         self.app = app

@@ -51,9 +51,16 @@ class StartedRun:
 class Launcher:
     """Starts and stops runs of the served jobs; reaps the processes it started."""
 
-    def __init__(self, *, notify: str | None = None, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        *,
+        notify: str | None = None,
+        python: str = sys.executable,
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
         self.notify = notify
         self.python = python
+        self.start_timeout = start_timeout
         # Every process started and not yet reaped, newest last.
         self._children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._lock = threading.Lock()
@@ -101,7 +108,7 @@ class Launcher:
             )
         with self._lock:
             self._children.append((entry.name, proc))
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             code = proc.poll()
             status = job_status(entry.job)

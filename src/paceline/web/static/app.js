@@ -47,7 +47,11 @@ async function call(method, path, body) {
       continue;
     }
     const data = await response.json().catch(() => ({}));
-    if (!response.ok) throw new Error(data.error || response.status + " " + response.statusText);
+    if (!response.ok) {
+      const error = new Error(data.error || response.status + " " + response.statusText);
+      error.status = response.status;
+      throw error;
+    }
     return data;
   }
 }
@@ -87,7 +91,7 @@ function follow(path, job, onStatus) {
       source = new EventSource(path + "?ticket=" + encodeURIComponent(ticket));
     } catch (err) {
       showMessage(err.message, true);
-      setTimeout(open, 5000);
+      if (err.status !== 404) setTimeout(open, 5000);  // an unknown job stays unknown
       return;
     }
     source.addEventListener("status", (event) => {
@@ -275,10 +279,11 @@ function jobPage() {
     }
   }
 
+  let failureLimit = 10;
   async function loadFailures() {
     let r;
     try {
-      r = await call("GET", base + "/failures?limit=100");
+      r = await call("GET", base + "/failures?limit=" + failureLimit);
     } catch (err) {
       return showMessage(err.message, true);
     }
@@ -293,7 +298,15 @@ function jobPage() {
           ? el("span", { class: "dim", title: "fix the line in the file, then upload it again" }, "invalid line")
           : el("button", { type: "button", class: "small", onclick: () => retryOne(f.id) }, "Retry")))));
     document.getElementById("retry-all").disabled = !r.total;
+    const more = document.getElementById("more-failures");
+    more.hidden = r.total <= r.items.length || failureLimit >= 1000;
+    more.textContent = `Show ${num(Math.min(r.total, 1000) - r.items.length)} more`;
   }
+
+  document.getElementById("more-failures").addEventListener("click", () => {
+    failureLimit = 1000;
+    loadFailures();
+  });
 
   function render(s) {
     last = s;
@@ -341,7 +354,8 @@ function jobPage() {
         el("td", {}, num(k.requests)),
         el("td", {}, num(k.tokens)),
         el("td", {}, num(k.rate_limited)),
-        el("td", {}, (k.today || []).map((d) => `${num(d.used)}/${num(d.limit)}${d.unit === "requests" ? "" : " " + d.unit}`).join(", ") || "–"))));
+        el("td", {}, (k.today || []).map((d) => `${num(d.used)}/${num(d.limit)}${d.unit === "requests" ? "" : " " + d.unit}`).join(", ") || "–"),
+        el("td", { class: "dim" }, (k.limits || []).join(", ") || "–"))));
 
     document.getElementById("workers-box").hidden = s.workers.length < 2;
     document.querySelector("#workers tbody").replaceChildren(...s.workers.map((w) =>
