@@ -178,3 +178,18 @@ def test_serve_notifies_when_a_run_it_started_ends(
     (summary,) = receiver.bodies
     assert (summary["job"], summary["exit_code"], summary["done"]) == ("accounts", 0, 10)
     assert summary["jobfile"].endswith("accounts.py")
+
+
+def test_a_run_that_fails_with_an_error_notifies_it(
+    tmp_path: Path, sim_server: SimFactory, receiver: Receiver
+) -> None:
+    sim = sim_server()
+    job = write_job(tmp_path, sim.url, name="plain", upload=None, items=3)
+    (tmp_path / "items.jsonl").unlink()
+    result = run_cli("run", job, "--notify", receiver.url)
+    assert result.returncode == 2
+    wait_for(lambda: receiver.bodies, timeout=5, what="the notification")
+    (summary,) = receiver.bodies
+    assert summary["event"] == "run failed"
+    assert (summary["job"], summary["exit_code"]) == ("plain", 2)
+    assert "source file not found" in summary["error"]
