@@ -26,8 +26,7 @@ class Served:
 
     @property
     def dashboard(self) -> Dashboard:
-        dash: Dashboard = self.server.app.app.state.dashboard  # type: ignore[attr-defined]
-        return dash
+        return self.server.app.dashboard
 
     def stop(self) -> None:
         self.client.close()

@@ -2,8 +2,10 @@
 
 ::
 
-    app      the FastAPI application and the server (token, host checks, pages, static)
+    app      the FastAPI application and the server it runs in
     api      /api/...: jobs, status, start, stop, retry, expedite, failures, events
+    forms    the start form, its file streamed into the job's upload inbox
+    pages    the jobs list and job pages (static HTML, one script, one style sheet)
     jobs     the job files served: found in folders, loaded once, looked up by name
     runs     runs started from the page: detached ``paceline run`` processes, their logs
     events   one shared poll per watched job, fanned out as server-sent events

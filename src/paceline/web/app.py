@@ -35,12 +35,20 @@ from .jobs import Jobs
 from .pages import pages
 from .runs import Launcher
 
-__all__ = ["Server", "create_app", "serve"]
+__all__ = ["App", "Server", "create_app", "serve"]
 
 log = logging.getLogger("paceline.web")
 
 DEFAULT_PORT = 8765
 _START_TIMEOUT = 10.0
+
+
+class App(Gate):
+    """The application behind its checks, with what it serves at hand."""
+
+    def __init__(self, app: FastAPI, dashboard: Dashboard, *, loopback_only: bool) -> None:
+        super().__init__(app, dashboard.guard, loopback_only=loopback_only)
+        self.dashboard = dashboard
 
 
 def create_app(
@@ -51,7 +59,7 @@ def create_app(
     notify: str | None = None,
     loopback_only: bool = True,
     poll_interval: float = 1.0,
-) -> Gate:
+) -> App:
     """The dashboard and API for ``jobs`` (wrapped in the token and host checks)."""
     hub = Hub(poll_interval)
     launcher = Launcher(notify=notify)
@@ -110,7 +118,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, on_error)
     app.add_exception_handler(RequestValidationError, on_invalid)
     app.add_exception_handler(Exception, on_error)
-    return Gate(app, dash.guard, loopback_only=loopback_only)
+    return App(app, dash, loopback_only=loopback_only)
 
 
 async def _reap(launcher: Launcher) -> None:
@@ -135,7 +143,7 @@ class Server:
     """The app listening on ``host:port`` (``port=0`` picks a free one), in the foreground
     (:meth:`run`) or on a background thread (``with Server(...)``, for tests)."""
 
-    def __init__(self, app: Gate, host: str, port: int) -> None:
+    def __init__(self, app: App, host: str, port: int) -> None:
         family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         self._socket = socket.socket(family, kind, socket.IPPROTO_TCP)
         if sys.platform != "win32":
@@ -151,7 +159,7 @@ class Server:
         self.host = host
         self.port: int = self._socket.getsockname()[1]
         self.app = app
-        hub = _hub(app)
+        hub = app.dashboard.hub
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -192,15 +200,10 @@ class Server:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _hub(self.app).close()
+        self.app.dashboard.hub.close()
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(_START_TIMEOUT)
-
-
-def _hub(app: Gate) -> Hub:
-    dash: Dashboard = app.app.state.dashboard  # type: ignore[attr-defined]
-    return dash.hub
 
 
 def serve(
@@ -230,8 +233,10 @@ def serve(
     )
     server = Server(app, host, port)
     names = ", ".join(e.name for e in jobs)
-    lock = " (token required)" if token else ""
-    echo(f"paceline serve: {server.url}{lock} · {len(jobs)} job(s): {names} · Ctrl+C to stop")
+    notes = [] if loopback else [f"listening on {host}"]
+    notes += ["token required"] if token else []
+    more = f" ({'; '.join(notes)})" if notes else ""
+    echo(f"paceline serve: {server.url}{more} · {len(jobs)} job(s): {names} · Ctrl+C to stop")
     with _quiet_logs():
         server.run()
 
