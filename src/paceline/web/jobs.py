@@ -71,7 +71,9 @@ class Jobs:
                 except ConfigError as exc:
                     if explicit:
                         raise
-                    warn(f"skipped {file}: {exc}")
+                    message = str(exc)
+                    where = "" if message.startswith(str(file)) else f"{file}: "
+                    warn(f"skipped {where}{message}")
                     continue
                 entry = JobEntry(job.name, file.resolve(), job)
                 other = entries.get(job.name)
