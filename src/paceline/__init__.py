@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .retry import Backoff
     from .sinks import Batch, CallableSink, JSONLSink, Sink, SQLiteSink
     from .sources import CSV, JSONL, SQL, IterableSource, Source
+    from .upload import Upload
 
 __all__ = [
     "CSV",
@@ -68,6 +69,7 @@ __all__ = [
     "StoreError",
     "SystemClock",
     "TaskError",
+    "Upload",
 ]
 
 __version__ = "0.1.0"
@@ -109,6 +111,7 @@ _LAZY = {
     "StoreError": "errors",
     "SystemClock": "clock",
     "TaskError": "errors",
+    "Upload": "upload",
 }
 
 

@@ -7,6 +7,7 @@ kill. So this module installs the handlers first and imports the CLI after.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -20,6 +21,6 @@ def main() -> None:
     try:
         from .cli import main as cli_main
     except KeyboardInterrupt:
-        print("paceline: error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        print("paceline: error: interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
     cli_main()

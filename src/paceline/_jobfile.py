@@ -45,6 +45,9 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         raise ConfigError(f"{file}: job {job.name!r} has no task (decorate one with @job.task)")
     job.home = file.parent.resolve()
     _anchor(job, job.home)
+    bind = getattr(job.source, "bind", None)
+    if callable(bind):  # a source that lives beside its job (paceline.Upload's inbox)
+        bind(job)
     return job
 
 

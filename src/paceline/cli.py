@@ -40,6 +40,27 @@ _store_option = click.option(
 _jobfile = click.argument("jobfile", type=click.Path(path_type=Path))
 
 
+def _check_notify(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from .web.notify import check_url
+
+    try:
+        return check_url(value)
+    except PacelineError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_notify_option = click.option(
+    "--notify",
+    metavar="URL",
+    envvar="PACELINE_NOTIFY",
+    show_envvar=True,
+    callback=_check_notify,
+    help="POST a JSON summary (counts, time, cost, how it ended; no keys) to URL when a run ends.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="paceline")
 def cli() -> None:
@@ -112,6 +133,21 @@ def cli() -> None:
     show_default=True,
     help="...or every T seconds.",
 )
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="For a job whose source is paceline.Upload: add FILE to its uploads and run "
+    "(a file given before is not added twice).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve this run's Prometheus metrics on 127.0.0.1:PORT/metrics (paceline[web]).",
+)
+@_notify_option
 def run(
     jobfile: Path,
     store: str | None,
@@ -126,13 +162,18 @@ def run(
     progress: str,
     log_every: int,
     log_interval: float,
+    input_file: Path | None,
+    metrics_port: int | None,
+    notify: str | None,
 ) -> int:
     """Run (or continue) the job defined in JOBFILE."""
     job = load_job(jobfile)
     if dry_run:
-        report = dry_run_report(job, store)
+        with _dry_input(job, input_file):
+            report = dry_run_report(job, store)
         click.echo(report)
         return 0
+    _take_input(job, input_file)
     if progress == "auto":
         progress = "live" if sys.stderr.isatty() else "log"
     reporter: Reporter | None
@@ -142,20 +183,33 @@ def run(
         reporter = LogReporter(every_items=log_every, every_seconds=log_interval)
     else:
         reporter = None
-    result = job.run(
-        store=store,
-        concurrency=concurrency,
-        sequential=sequential,
-        max_items=max_items,
-        grace=grace,
-        until_quota=until_quota,
-        per_day=per_day,
-        budget=budget,
-        reporter=reporter,
-        install_signal_handlers=True,
-    )
-    if reporter is None:
+    printed = reporter is not None
+    if metrics_port is not None:
+        reporter = _with_metrics(reporter, metrics_port)
+    try:
+        result = job.run(
+            store=store,
+            concurrency=concurrency,
+            sequential=sequential,
+            max_items=max_items,
+            grace=grace,
+            until_quota=until_quota,
+            per_day=per_day,
+            budget=budget,
+            reporter=reporter,
+            install_signal_handlers=True,
+        )
+    except Exception as exc:
+        if notify:
+            _notify_failure(notify, job.name, jobfile, exc)
+        raise
+    if not printed:
         click.echo(summary_text(result))
+    if notify:
+        from .web.notify import notify as post
+        from .web.notify import run_summary
+
+        post(notify, run_summary(job.name, result, str(jobfile)))
     if result.error is not None:
         _error(result.error)
     if result.interrupted:
@@ -165,6 +219,50 @@ def run(
         sys.stderr.flush()
         os._exit(result.exit_code)
     return result.exit_code
+
+
+def _dry_input(job: Any, input_file: Path | None) -> Any:
+    """A dry run with ``--input`` reads the file as if added, and adds nothing."""
+    import contextlib
+
+    from .upload import Upload
+
+    if input_file is None:
+        return contextlib.nullcontext()
+    if not isinstance(job.source, Upload):
+        _take_input(job, input_file)  # refuses it, with the reason
+    return job.source.including(input_file)
+
+
+def _take_input(job: Any, input_file: Path | None) -> None:
+    from .upload import prepare_input
+
+    line = prepare_input(job, input_file)
+    if line:
+        click.echo(line, err=True)
+
+
+def _with_metrics(reporter: Reporter | None, port: int) -> Reporter:
+    from .web import HINT, missing
+
+    if missing(("prometheus_client",)):
+        raise click.UsageError(f"--metrics-port needs prometheus-client: {HINT}")
+    from .report import QuietReporter
+    from .web.metrics import MetricsReporter
+
+    metrics = MetricsReporter(reporter or QuietReporter(), port)
+    click.echo(f"paceline: metrics on http://127.0.0.1:{metrics.port}/metrics", err=True)
+    return metrics
+
+
+def _notify_failure(url: str, job: str, jobfile: Path, exc: Exception) -> None:
+    from .web.notify import notify as post
+
+    # A paceline error says what went wrong without a secret; others are named by type.
+    error = str(exc) if isinstance(exc, PacelineError) else type(exc).__name__
+    code = EXIT_USAGE if isinstance(exc, PacelineError) else 1
+    post(url, {"event": "run failed", "job": job, "jobfile": str(jobfile),
+               "exit_code": code, "error": error, "finished_at": time.time()})  # fmt: skip
 
 
 def dry_run_report(job: Any, store: str | None) -> str:
@@ -545,6 +643,67 @@ def stop(jobfile: Path, store: str | None) -> int:
 
 
 @cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; any but a loopback address needs --token.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(min=0, max=65535),
+    default=8765,
+    show_default=True,
+    help="0 picks a free port.",
+)
+@click.option(
+    "--token",
+    envvar="PACELINE_TOKEN",
+    show_envvar=True,
+    help="Token every API request must carry (Authorization: Bearer ...); required "
+    "off loopback. Prefer the environment variable: a command line is visible to others.",
+)
+@click.option(
+    "--max-upload",
+    type=click.FloatRange(min=0.001),
+    default=100.0,
+    show_default=True,
+    metavar="MB",
+    help="Largest file a page may upload.",
+)
+@_notify_option
+def serve(
+    paths: tuple[Path, ...],
+    host: str,
+    port: int,
+    token: str | None,
+    max_upload: float,
+    notify: str | None,
+) -> int:
+    """Serve the web dashboard and JSON API for the jobs in PATHS (job files, or folders
+    searched for job files; default: the current folder)."""
+    from .web import HINT, missing
+
+    gone = missing()
+    if gone:
+        raise click.UsageError(f"paceline serve needs {', '.join(gone)}: {HINT}")
+    from .web.app import serve as run_server
+
+    run_server(
+        list(paths),
+        host=host,
+        port=port,
+        token=token,
+        max_upload_mb=max_upload,
+        notify=notify,
+        echo=click.echo,
+        warn=lambda message: click.echo(f"paceline serve: {message}", err=True),
+    )
+    return 0
+
+
+@cli.command()
 @click.option(
     "--items",
     type=click.IntRange(min=1, max=100_000),
@@ -728,6 +887,12 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         _error(f"unexpected {type(exc).__name__}: {exc} (set PACELINE_DEBUG=1 for details)")
         code = 1
+    if code == EXIT_INTERRUPTED:
+        # A second signal while the interpreter winds down (joining threads) must not
+        # turn the exit into a traceback or a signal death: leave now, all is committed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else 0)
 
 

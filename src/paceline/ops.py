@@ -34,6 +34,7 @@ __all__ = [
     "items",
     "requeue",
     "retry",
+    "statuses",
     "stop",
 ]
 
@@ -103,6 +104,19 @@ def requeue(job: Job, ids: Sequence[str], store: StoreTarget | None = None) -> d
     db = _open(job, store)
     try:
         return db.requeue(list(ids), SYSTEM_CLOCK.time())
+    finally:
+        db.close()
+
+
+def statuses(job: Job, ids: Sequence[str], store: StoreTarget | None = None) -> dict[str, str]:
+    """The status of each of ``ids`` known to the store (read-only; unknown ids are left
+    out)."""
+    target = job.store_target(store)
+    if not store_exists(target):
+        return {}
+    db = open_store(target, job.name, readonly=True)
+    try:
+        return db.statuses_of(list(ids))
     finally:
         db.close()
 
