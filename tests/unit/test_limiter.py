@@ -19,7 +19,7 @@ from paceline.clock import FakeClock
 from paceline.feedback import Feedback, Verdict, Window
 from paceline.keys import Cost, Key, KeyPool, NoUsableKey
 from paceline.limiter import RECOVERY, Lease, QuotaWait, Stopping
-from paceline.limits import GcraMeter
+from paceline.meters.local import GcraMeter
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 #: Grant times are sums of many float intervals at epoch magnitude: a grant a few microseconds
