@@ -59,4 +59,12 @@ def open_meter_backend(
         raise ConfigError(
             f"meter backend {shown!r}: use 'local' or a Redis URL (redis://, rediss://, unix://)"
         )
-    raise ConfigError("the Redis limiter is not there yet")
+    try:
+        from .redis import RedisBackend
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != "redis":
+            raise
+        raise ConfigError(
+            "the Redis limiter needs the redis extra: pip install 'paceline[redis]'"
+        ) from None
+    return RedisBackend.from_url(url, prefix=prefix, clock=clock)
