@@ -156,7 +156,6 @@ class Limiter(Generic[K]):
         # FIFO of requests waiting for a concurrency slot on any key
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._unreachable = False
-        self._backoff = 0.0
         self._refresher: asyncio.Task[None] | None = None
         backend.attach(self.groups())
 
@@ -228,9 +227,10 @@ class Limiter(Generic[K]):
         at = max(now, key.until) if key.state in ("cooling", "parked") else now
         return max(at, self.backend.estimate(key.group.spec.id, cost, now)[1])
 
-    def _best(self, cost: Cost, now: float) -> tuple[K | None, float, bool]:
-        """The key that admits ``cost`` soonest, preferring keys with a free in-flight slot."""
-        best, best_rank = None, (True, math.inf)
+    def _best(self, cost: Cost, now: float) -> tuple[K | None, float, bool, float]:
+        """The key that admits ``cost`` soonest, preferring keys with a free in-flight slot;
+        and when the next best one could (a reservation later than that is not worth it)."""
+        best, best_rank, runner_up = None, (True, math.inf), math.inf
         estimate = self.backend.estimate
         keys, n = self.keys, len(self.keys)
         for i in range(n):
@@ -243,19 +243,25 @@ class Limiter(Generic[K]):
                 ready = key.until
             rank = (full, ready)
             if rank < best_rank:
+                if not best_rank[0]:
+                    runner_up = best_rank[1]
                 best, best_rank = key, rank
-        return best, best_rank[1], best_rank[0]
+            elif not full and ready < runner_up:
+                runner_up = ready
+        return best, best_rank[1], best_rank[0], runner_up
 
     async def acquire(self, cost: Cost) -> Lease[K]:
         """Wait for the key that can send ``cost`` soonest, and its slot."""
         waited = False
-        refused: tuple[K, float] | None = None  # a key that said "not before then"
+        refused: tuple[K, float] | None = None  # a key whose day has not begun yet
+        missed = 0  # reservations refused as later than another key could go
+        attempts = 0  # calls in a row the backend did not answer
         try:
             while True:
                 if self._closed.is_set():
                     raise Stopping("stopping")
                 now = self.clock.time()
-                key, at, full = self._best(cost, now)
+                key, at, full, runner_up = self._best(cost, now)
                 if key is None:
                     reasons = "; ".join(f"{k.masked}: {k.reason}" for k in self.keys if k.reason)
                     raise NoUsableKey(f"no usable key left ({reasons or 'all disabled'})")
@@ -273,15 +279,21 @@ class Limiter(Generic[K]):
                     await self._sleep(max(0.0, min(at - now, HORIZON)))
                     refused = None
                     continue
+                # Not later than the next best key could go: what this process knows of a
+                # shared backend may be old, and another key may be the better choice.
+                horizon = HORIZON if missed >= len(self.keys) else min(HORIZON, runner_up - now)
+                horizon = max(horizon, at - now)
                 group = key.group.spec.id
                 try:
                     answer = await self.backend.reserve(
-                        group, key.fingerprint, cost, horizon=HORIZON, now=self._now_arg(now)
+                        group, key.fingerprint, cost, horizon=horizon, now=self._now_arg(now)
                     )
                 except MetersUnavailable as exc:
                     waited = self._begin_wait(waited)
-                    await self._wait_for_backend(exc)
+                    attempts += 1
+                    await self._wait_for_backend(exc, attempts)
                     continue
+                attempts = 0
                 self._tell_reachable()
                 self._see(key, answer.key_state)
                 reservation = answer.reservation
@@ -290,7 +302,10 @@ class Limiter(Generic[K]):
                         waited = self._begin_wait(waited)
                         await self._wait_turn()
                     elif answer.refusal is Refusal.LATER:
-                        refused = (key, now + answer.at - answer.now)
+                        if answer.at - answer.now > horizon:
+                            missed += 1  # choose again, knowing better
+                        else:  # a day not begun
+                            refused = (key, now + answer.at - answer.now)
                     continue  # Refusal.KEY: the key is disabled now; choose again
                 self._next = (self.keys.index(key) + 1) % len(self.keys)
                 wait = reservation.at - answer.now
@@ -307,7 +322,8 @@ class Limiter(Generic[K]):
                         )
                     except MetersUnavailable as exc:
                         self.backend.refund(reservation, cost.tokens)
-                        await self._wait_for_backend(exc)
+                        attempts += 1
+                        await self._wait_for_backend(exc, attempts)
                         continue
                     self._see(key, answer.key_state)
                     if answer.reservation is None:
@@ -355,11 +371,11 @@ class Limiter(Generic[K]):
             self.waited += 1
         return True
 
-    async def _wait_for_backend(self, exc: MetersUnavailable) -> None:
-        """The backend is unreachable: say so once, and ask again after a growing pause."""
+    async def _wait_for_backend(self, exc: MetersUnavailable, attempt: int) -> None:
+        """The backend is unreachable: say so once, and ask again after a pause that grows
+        with this request's attempts (so it comes back about as soon as the backend)."""
         self._tell_unreachable(exc)
-        self._backoff = min(MAX_BACKOFF, max(0.05, self._backoff * 2))
-        await self._sleep(self._backoff)
+        await self._sleep(min(MAX_BACKOFF, 0.05 * 2 ** min(attempt - 1, 10)))
 
     def _tell_unreachable(self, exc: MetersUnavailable) -> None:
         if not self._unreachable:
@@ -369,7 +385,6 @@ class Limiter(Generic[K]):
     def _tell_reachable(self) -> None:
         if self._unreachable:
             self._unreachable = False
-            self._backoff = 0.0
             self.on_event("limiter: meters reachable again")
 
     def _day_out(self, key: K, now: float) -> bool:

@@ -124,8 +124,7 @@ class _Group:
     arg: str  # the configured meters, as the scripts read them
     meters: dict[str, _Meter]
     version: str = ""
-    epoch: str = ""
-    known: bool = False  # seen in Redis: if it goes missing, Redis lost it
+    epoch: str = ""  # the incarnation last seen: if it changes, Redis lost the group
     next_at: float = -math.inf
     full_until: float = -math.inf
     in_flight: int = 0
@@ -343,8 +342,9 @@ class RedisBackend:
         return [
             self._now_arg(now),
             g.arg,
-            int(g.known),
+            g.epoch,
             f"{self._process}-{next(self._ids)}",
+            "" if math.isinf(g.next_at) else _fmt(g.next_at),
         ]
 
     # -- what Redis answers ------------------------------------------------------------
@@ -430,10 +430,10 @@ class RedisBackend:
             self._tell("settle", [g.key], ["", 0, 0, 0, 0, "", rid, 1])
             raise
         status, at, backend_now, slot, epoch, reinit, state, until, reason, mids = reply[:10]
-        known, meters, days = g.known, dict(g.meters), dict(g.days)
-        g.known, g.epoch = True, epoch
+        meters, days = dict(g.meters), dict(g.days)
+        g.epoch = epoch
         self._absorb(g, reply[10:15], local_now)
-        if reinit == "1" and known:
+        if reinit == "1":
             self._reseed(g, meters, days)
         seen = self._see_state(key, state, until, reason)
         answered = float(backend_now)
@@ -654,8 +654,7 @@ class RedisBackend:
             raise
         now = self._local_now(None)
         for g, reply in zip(groups, results[len(pending) :], strict=True):
-            if reply[0] == "1":
-                g.epoch = reply[1]
+            if reply[0] == "1":  # (its epoch is taken up by the next reservation)
                 self._absorb(g, reply[2:7], now)
             states = reply[7:]
             for i, fingerprint in enumerate(g.spec.keys):

@@ -1,19 +1,19 @@
 -- A reserved request's send time has come: check its key again and take a slot; refused
 -- (the key went bad, or every slot is taken), the reservation is refunded.
 -- KEYS: group hash, key state hash
--- ARGV: now, configured meters, known, new epoch, reservation id, epoch of the reservation,
+-- ARGV: now, configured meters, epoch last seen, new epoch, floor, reservation id, epoch of the reservation,
 --       its send time, requests, tokens, meters it holds, slot lifetime
 -- Returns: status (ok, full, key), now, slot taken, key state, until, reason
 local G, K = KEYS[1], KEYS[2]
 local now = clock(ARGV[1])
-ensure(G, ARGV[2], now, ARGV[3], ARGV[4])
+ensure(G, ARGV[2], now, ARGV[3], ARGV[4], ARGV[5])
 local g = load(G)
 local state, till, reason = key_state(K, now)
 
 local function refund()
-  if g.f['e'] == ARGV[6] then
-    local tokens = tonumber(ARGV[9])
-    adjust(g, ARGV[10], tonumber(ARGV[7]), -tonumber(ARGV[8]), -tokens, tokens)
+  if g.f['e'] == ARGV[7] then
+    local tokens = tonumber(ARGV[10])
+    adjust(g, ARGV[11], tonumber(ARGV[8]), -tonumber(ARGV[9]), -tokens, tokens)
     save(g)
   end
 end
@@ -29,6 +29,6 @@ if in_flight(g, now, false) >= conc.count then
   return {'full', fmt(now), '0', state, fmt(till), reason}
 end
 local S = G .. ':slots'
-redis.call('ZADD', S, fmt(now + tonumber(ARGV[11])), ARGV[5])
-redis.call('EXPIRE', S, math.ceil(tonumber(ARGV[11])) + 60)
+redis.call('ZADD', S, fmt(now + tonumber(ARGV[12])), ARGV[6])
+redis.call('EXPIRE', S, math.ceil(tonumber(ARGV[12])) + 60)
 return {'ok', fmt(now), '1', state, fmt(till), reason}

@@ -16,6 +16,9 @@
 local NB = 100          -- buckets per token window: admits up to 1 % late, never too much
 local EDGE = 0.001      -- past a window's edge, for providers counting it closed on both ends
 local TTL = 3 * 86400   -- an idle group is forgotten after three days
+-- After a loss, nothing goes for this long: requests other workers reserved before it (and
+-- that no one can tell Redis about yet) are sent meanwhile.
+local RESTART_GRACE = 1.0
 
 local function fl(x, default)
   if x == nil or x == false or x == '' then return default end
@@ -94,9 +97,12 @@ end
 
 -- Register the configured meters ("mid|count|seconds|burst|order;..."). A group this
 -- process had seen before is gone (Redis restarted, its state lost): start conservatively,
--- as if every window had been spent at the full rate up to now (no initial burst).
-local function register(G, spec, now, conservative, epoch)
+-- as if every window had been spent at the full rate up to now (no initial burst), not
+-- before ``floor``, the time the caller last heard the group would admit a request
+-- (requests reserved before the loss are still to be sent), and after a grace.
+local function register(G, spec, now, conservative, epoch, floor)
   local fields = {'e', epoch, 'v', epoch}
+  floor = math.max(now, floor) + RESTART_GRACE
   for _, item in ipairs(split(spec, ';')) do
     local p = split(item, '|')
     local mid, count, seconds, burst = p[1], tonumber(p[2]), tonumber(p[3]), tonumber(p[4])
@@ -106,7 +112,7 @@ local function register(G, spec, now, conservative, epoch)
     if conservative and k == 'gcra' then
       local i = seconds / (count - burst + 1)
       table.insert(fields, 't:' .. mid)
-      table.insert(fields, fmt(now + (burst - 1) * i))
+      table.insert(fields, fmt(floor + (burst - 1) * i))
     elseif conservative and k == 'tokens' then
       local w = seconds / NB
       local last = math.floor(now / w)
@@ -117,19 +123,36 @@ local function register(G, spec, now, conservative, epoch)
       end
       redis.call('EXPIRE', tb, math.ceil(2 * seconds) + 60)
       table.insert(fields, 'l:' .. mid)
-      table.insert(fields, fmt(now))
+      table.insert(fields, fmt(floor))
     end
   end
   redis.call('HSET', G, unpack(fields))
   redis.call('EXPIRE', G, TTL)
 end
 
--- Make sure the group is registered; says whether it had to be (and was lost before).
-local function ensure(G, spec, now, known, epoch)
-  if redis.call('EXISTS', G) == 1 then return 0 end
-  register(G, spec, now, known == '1', epoch)
-  if known == '1' then return 1 end
-  return 0
+-- Make sure the group is registered. ``seen`` is the epoch the caller last saw ('' if none):
+-- when the group was lost and registered again since, what the caller knew of the time
+-- before still holds (requests it had reserved until ``floor`` are still to be sent), and
+-- it is told (1), to send again what it had learned.
+local function ensure(G, spec, now, seen, epoch, floor)
+  local before = fl(floor, now)
+  if redis.call('EXISTS', G) == 0 then
+    register(G, spec, now, seen ~= '', epoch, before)
+    if seen ~= '' then return 1 end
+    return 0
+  end
+  if seen == '' or redis.call('HGET', G, 'e') == seen then return 0 end
+  local g = load(G)
+  for _, m in ipairs(g.meters) do
+    if m.kind == 'gcra' then
+      local tat = before + (m.burst - 1) * interval(m)
+      set(g, 't:' .. m.id, fmt(math.max(fl(g.f['t:' .. m.id], 0), tat)))
+    elseif m.kind == 'tokens' then
+      set(g, 'l:' .. m.id, fmt(math.max(fl(g.f['l:' .. m.id], 0), before)))
+    end
+  end
+  save(g)
+  return 1
 end
 
 -- A key's state, as stored (expired cooling and parking read as ready).

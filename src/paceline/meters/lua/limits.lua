@@ -1,7 +1,7 @@
 -- What answers teach a group: learn or lower a limit, spend a meter until a time, slow the
 -- request meters down after a 429 or let them recover, restore a day's count.
 -- KEYS: group hash
--- ARGV: now, configured meters, known, new epoch, midnights, operation, then its arguments:
+-- ARGV: now, configured meters, epoch last seen, new epoch, floor, midnights, operation, then its arguments:
 --   learn   meter count seconds burst   add the meter, or lower its count (never raise)
 --   exhaust meter until                 nothing is left on the meter before ``until``
 --   slow    factor floor                request meters slower by ``factor``, not below ``floor``
@@ -9,16 +9,16 @@
 --   restore unit day_start used         the store's count for that day, if larger (unit: r or t)
 local G = KEYS[1]
 local now = clock(ARGV[1])
-ensure(G, ARGV[2], now, ARGV[3], ARGV[4])
+ensure(G, ARGV[2], now, ARGV[3], ARGV[4], ARGV[5])
 local days = {}
-for _, d in ipairs(split(ARGV[5], ',')) do table.insert(days, tonumber(d)) end
-local op = ARGV[6]
+for _, d in ipairs(split(ARGV[6], ',')) do table.insert(days, tonumber(d)) end
+local op = ARGV[7]
 local g = load(G)
 
 local function bump() set(g, 'v', ARGV[4]) end
 
 if op == 'learn' then
-  local mid, count, seconds, burst = ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+  local mid, count, seconds, burst = ARGV[8], tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
   local found = nil
   for _, m in ipairs(g.meters) do if m.id == mid then found = m end end
   if found == nil then
@@ -32,9 +32,9 @@ if op == 'learn' then
     bump()
   end
 elseif op == 'exhaust' then
-  local till = fl(ARGV[8], now)
+  local till = fl(ARGV[9], now)
   for _, m in ipairs(g.meters) do
-    if m.id == ARGV[7] then
+    if m.id == ARGV[8] then
       if m.kind == 'gcra' then
         local i = interval(m)
         set(g, 't:' .. m.id, fmt(math.max(fl(g.f['t:' .. m.id], 0), till + (m.burst - 1) * i)))
@@ -51,14 +51,14 @@ elseif op == 'exhaust' then
     end
   end
 elseif op == 'slow' then
-  local factor, floor = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local factor, floor = tonumber(ARGV[8]), tonumber(ARGV[9])
   for _, m in ipairs(g.meters) do
     if m.kind == 'gcra' then set(g, 'f:' .. m.id, fmt(math.max(floor, m.factor * factor))) end
   end
   set(g, 'sa', fmt(now))
   bump()
 elseif op == 'recover' then
-  local floor, seconds = tonumber(ARGV[7]), tonumber(ARGV[8])
+  local floor, seconds = tonumber(ARGV[8]), tonumber(ARGV[9])
   local gained = (now - fl(g.f['sa'], now)) / seconds
   local slowed = false
   for _, m in ipairs(g.meters) do
@@ -72,7 +72,7 @@ elseif op == 'recover' then
     bump()
   end
 elseif op == 'restore' then
-  local unit, start, used = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+  local unit, start, used = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
   for _, m in ipairs(g.meters) do
     if m.kind == 'day' and m.unit == unit then
       day_roll(g, m, now, days)

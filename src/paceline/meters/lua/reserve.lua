@@ -1,25 +1,26 @@
 -- Reserve a request's cost on every meter of a key group, checking the key's state, all
 -- at once; or say when it could go.
 -- KEYS: group hash, key state hash
--- ARGV: now ('' for Redis's clock), configured meters, known (1: this process saw the group
---       before), reservation id, horizon, requests, tokens, take a slot (1/0), slot
---       lifetime, midnights, limits version the caller has
+-- ARGV: now ('' for Redis's clock), configured meters, the epoch the caller last saw ('' if
+--       none), reservation id (and epoch if it registers the group), floor (when the
+--       caller last heard the group would admit a request), horizon, requests, tokens,
+--       take a slot (1/0), slot lifetime, midnights, limits version the caller has
 -- Returns: status (ok, later, full, key), at, now, slot taken, epoch, registered again,
 --          key state, until, reason, meters reserved on, then the group's view.
 local G, K = KEYS[1], KEYS[2]
 local now = clock(ARGV[1])
-local reinit = ensure(G, ARGV[2], now, ARGV[3], ARGV[4])
-local rid, horizon = ARGV[4], tonumber(ARGV[5])
-local requests, tokens = tonumber(ARGV[6]), tonumber(ARGV[7])
+local reinit = ensure(G, ARGV[2], now, ARGV[3], ARGV[4], ARGV[5])
+local rid, horizon = ARGV[4], tonumber(ARGV[6])
+local requests, tokens = tonumber(ARGV[7]), tonumber(ARGV[8])
 local days = {}
-for _, d in ipairs(split(ARGV[10], ',')) do table.insert(days, tonumber(d)) end
+for _, d in ipairs(split(ARGV[11], ',')) do table.insert(days, tonumber(d)) end
 local g = load(G)
 local state, till, reason = key_state(K, now)
 
 local function answer(status, at, slot, mids)
   local head = {status, fmt(at), fmt(now), slot, g.f['e'] or '', tostring(reinit), state,
                 fmt(till), reason, mids}
-  for _, x in ipairs(view(g, now, ARGV[11], requests, tokens, false)) do table.insert(head, x) end
+  for _, x in ipairs(view(g, now, ARGV[12], requests, tokens, false)) do table.insert(head, x) end
   save(g)
   return head
 end
@@ -72,10 +73,10 @@ for _, m in ipairs(g.meters) do
   if m.kind ~= 'conc' then table.insert(mids, m.id) end
 end
 local slot = '0'
-if conc and ARGV[8] == '1' and at <= now then
+if conc and ARGV[9] == '1' and at <= now then
   local S = G .. ':slots'
-  redis.call('ZADD', S, fmt(now + tonumber(ARGV[9])), rid)
-  redis.call('EXPIRE', S, math.ceil(tonumber(ARGV[9])) + 60)
+  redis.call('ZADD', S, fmt(now + tonumber(ARGV[10])), rid)
+  redis.call('EXPIRE', S, math.ceil(tonumber(ARGV[10])) + 60)
   slot = '1'
 end
 return answer('ok', at, slot, table.concat(mids, ','))
