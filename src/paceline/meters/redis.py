@@ -660,10 +660,3 @@ class RedisBackend:
             for i, fingerprint in enumerate(g.spec.keys):
                 state, until, reason = states[3 * i : 3 * i + 3]
                 self._see_state(fingerprint, state, until, reason)
-
-    async def delete_all(self) -> int:
-        """Delete every key under this backend's prefix (for tests); how many went."""
-        deleted = 0
-        async for name in self._redis.scan_iter(match=f"{self.prefix}*", count=500):
-            deleted += int(await self._redis.delete(name))
-        return deleted
