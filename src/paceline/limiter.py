@@ -172,10 +172,15 @@ class Limiter(Generic[K]):
             self.backend = backend
 
     async def start(self) -> None:
-        """Open the backend; with a shared one, read its state back every second."""
+        """Open the backend; with a shared one, read its state back every second (which
+        also keeps this process's in-flight slots alive). The first acquire starts it too,
+        but only :meth:`aclose` ends it."""
         await self.backend.start()
+        self._start_refresher()
+
+    def _start_refresher(self) -> None:
         if self.backend.shared and self._refresher is None:
-            self._refresher = asyncio.create_task(self._refresh_forever())
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     async def aclose(self) -> None:
         """Send what the backend still holds and close it."""
@@ -252,6 +257,8 @@ class Limiter(Generic[K]):
 
     async def acquire(self, cost: Cost) -> Lease[K]:
         """Wait for the key that can send ``cost`` soonest, and its slot."""
+        if self._refresher is None and self.backend.shared:
+            self._start_refresher()
         waited = False
         refused: tuple[K, float] | None = None  # a key whose day has not begun yet
         missed = 0  # reservations refused as later than another key could go

@@ -145,6 +145,33 @@ async def test_a_429_seen_by_one_worker_cools_the_key_for_both(
     assert b.pool.keys[0].until == pytest.approx(until, abs=1e-3)
 
 
+async def test_two_workers_share_a_keys_concurrency_slots(
+    workers: Callable[..., Worker],
+) -> None:
+    a = workers(SECRETS[0], concurrency=2)
+    b = workers(SECRETS[0], concurrency=2)
+    flying, most, done = 0, 0, 0
+
+    async def request(worker: Worker) -> None:
+        nonlocal flying, most, done
+        while True:
+            lease = await worker.pool.acquire()
+            flying += 1
+            most = max(most, flying)
+            await asyncio.sleep(0.03)  # the request is out
+            flying -= 1
+            done += 1
+            worker.pool.release(lease)
+
+    tasks = [asyncio.create_task(request(w)) for w in (a, b) for _ in range(4)]
+    await asyncio.sleep(1.5)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert most == 2  # both workers' requests together, never more than the key allows
+    assert done >= 0.7 * 2 * 1.5 / 0.03  # and the slots are kept busy
+
+
 # -- Redis restarting mid-run ----------------------------------------------------------------
 
 
