@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -41,8 +42,10 @@ class Meters:
     peer: Callable[[], MeterBackend]
     shared: bool
 
-    def group(self, *limits: str, gid: str = "g1", tz: str | None = None) -> str:
-        spec = GroupSpec(gid, tuple(parse_limit(x) for x in limits), tz, (KEY,))
+    def group(
+        self, *limits: str, gid: str = "g1", tz: str | None = None, keys: tuple[str, ...] = (KEY,)
+    ) -> str:
+        spec = GroupSpec(gid, tuple(parse_limit(x) for x in limits), tz, keys)
         self.backend.attach([spec])
         self._spec = spec
         return gid
@@ -349,3 +352,37 @@ async def test_views_change_nothing(meters: Meters) -> None:
     assert before.today[0].used == 1
     assert before.in_flight == 1
     meters.backend.release(first)
+
+
+# -- Redis losing its state ----------------------------------------------------------------
+
+
+async def test_meters_lost_with_redis_start_again_conservatively(
+    meters: Meters, request: pytest.FixtureRequest
+) -> None:
+    if not meters.shared:
+        pytest.skip("in-process meters are lost only with their process")
+    import redis
+
+    meters.group("600/minute", keys=(KEY, "fp-key-2"))  # a burst of 7
+    before = [(await meters.reserve()).at for _ in range(9)]
+    assert before[:7] == [T0] * 7
+    backend = meters.backend
+    backend.learn("g1", Limit(300, 60.0))
+    backend.set_key_state("fp-key-2", KeyState("disabled", 0.0, "key rejected"))
+    await backend.refresh()
+    target = request.getfixturevalue("redis_url")
+    client = redis.Redis.from_url(target.url)
+    for name in client.scan_iter(match=f"{target.prefix}*"):  # as a restart would
+        client.delete(name)
+    client.close()
+
+    after = [(await meters.reserve(now=T0 + 1)).at for _ in range(4)]
+    # not before what this worker had reserved, plus a grace for what others had; no burst
+    assert after[0] >= max(T0 + 1, before[-1]) + 1.0
+    assert all(b - a >= 60 / 600 for a, b in itertools.pairwise(after))
+    await backend.refresh()  # what it had learned went back with its next calls
+    peer = meters.other()
+    await peer.refresh()
+    assert [lim.describe() for lim in peer.view("g1", T0 + 1).limits] == ["300/minute"]
+    assert peer.key_state("fp-key-2").state == "disabled"

@@ -1,7 +1,15 @@
 """Meter backends: where the limiter's meters live.
 
 ``local`` (the default) keeps them in this process; ``redis://…`` shares every key's quota
-across processes and machines (install ``paceline[redis]``).
+across processes and machines (install ``paceline[redis]``). A run uses one like this::
+
+    backend = open_meter_backend(url)          # None or "local": this process's meters
+    pool.bind(clock, note, backend=backend)
+    await pool.limiter.start()
+    for group, start, unit, _ in pool.limiter.day_usage(clock.time()):
+        pool.limiter.restore_day(group, start, unit, store_says_spent(group, start, unit))
+    ...                                        # requests: pool.acquire / settle / release
+    await pool.limiter.aclose()
 
 >>> backend = open_meter_backend(None)
 >>> backend.shared
