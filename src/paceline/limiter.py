@@ -286,10 +286,12 @@ class Limiter(Generic[K]):
                     await self._sleep(max(0.0, min(at - now, HORIZON)))
                     refused = None
                     continue
-                # Not later than the next best key could go: what this process knows of a
-                # shared backend may be old, and another key may be the better choice.
-                horizon = HORIZON if missed >= len(self.keys) else min(HORIZON, runner_up - now)
-                horizon = max(horizon, at - now)
+                # Not much later than the next best key could go: what this process knows
+                # of a shared backend may be a refresh old, and another key (one that was
+                # not cooling, say) may be the better choice.
+                horizon = HORIZON
+                if missed < len(self.keys):
+                    horizon = min(HORIZON, max(runner_up, at) - now + REFRESH)
                 group = key.group.spec.id
                 try:
                     answer = await self.backend.reserve(
