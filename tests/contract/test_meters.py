@@ -323,6 +323,34 @@ async def test_learned_and_lowered_limits_are_seen_by_every_worker(meters: Meter
     assert times[2] - times[1] == pytest.approx(60.0 / 99, abs=1e-5)
 
 
+async def test_workers_configured_differently_share_the_lower_limit_while_both_ask(
+    meters: Meters,
+) -> None:
+    if not meters.shared:
+        pytest.skip("each pool has its own in-process meters")
+    meters.group("600/minute")
+    backend = meters.backend
+    other = meters.peer()  # a job configured for the same key at 120/minute
+    other.attach([GroupSpec("g1", (Limit(120, 60.0),), None, (KEY,))])
+
+    def limits(now: float) -> list[str]:
+        return [lim.describe() for lim in backend.view("g1", now).limits]
+
+    await meters.reserve()
+    await other.reserve("g1", KEY, Cost(), horizon=FAR, now=T0 + 1)
+    await meters.reserve(now=T0 + 2)
+    assert limits(T0 + 2) == ["120/minute"]
+    await meters.reserve(now=T0 + 62)  # the other job stopped asking a minute ago
+    assert limits(T0 + 62) == ["600/minute"]
+    backend.learn("g1", Limit(300, 60.0))  # what the provider says holds, whoever joins
+    await other.reserve("g1", KEY, Cost(), horizon=FAR, now=T0 + 63)
+    await other.reserve("g1", KEY, Cost(), horizon=FAR, now=T0 + 200)  # alone again
+    assert [lim.describe() for lim in other.view("g1", T0 + 200).limits] == ["120/minute"]
+    await meters.reserve(now=T0 + 201)
+    await meters.reserve(now=T0 + 300)
+    assert limits(T0 + 300) == ["300/minute"]
+
+
 async def test_a_slowed_group_is_slow_for_every_worker_and_recovers(meters: Meters) -> None:
     meters.group("60/minute")
     backend = meters.backend

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import itertools
 import math
 import secrets
@@ -122,6 +123,7 @@ class _Group:
     tz: dt.tzinfo
     key: str
     arg: str  # the configured meters, as the scripts read them
+    name: str  # and a name for them
     meters: dict[str, _Meter]
     version: str = ""
     epoch: str = ""  # the incarnation last seen: if it changes, Redis lost the group
@@ -226,7 +228,8 @@ class RedisBackend:
                 for mid, m in meters.items()
             )
             key = f"{self.prefix}g:{spec.id}"
-            self._groups[spec.id] = _Group(spec, zone(spec.tz), key, arg, meters)
+            name = hashlib.sha1(arg.encode()).hexdigest()[:12]
+            self._groups[spec.id] = _Group(spec, zone(spec.tz), key, arg, name, meters)
 
     async def start(self) -> None:
         self._ensure_flusher()
@@ -422,6 +425,7 @@ class RedisBackend:
             _fmt(self.slot_ttl),
             self._midnights(g, local_now),
             g.version,
+            g.name,
         ]
         try:
             reply = await self._send((self._scripts["reserve"], [g.key, self._key(key)], args))

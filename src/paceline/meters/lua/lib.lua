@@ -6,7 +6,9 @@
 --   l:<meter>  = last reservation time (token windows)  x:<meter> = nothing before then
 --   du:/ds:/de:<meter> = a day meter's count, window start and end
 --   e = epoch (a new one when the group is registered again), v = version of the limits,
---   sa = when the group was last slowed down
+--   sa = when the group was last slowed down, pa:<meter> = the lowest count the provider
+--   announced, c:<hash> / cs:<hash> = until when a worker's configured limits count, and
+--   those limits
 -- with G..':tb:'..<meter> (token buckets: bucket index -> units) and G..':slots' (in-flight
 -- requests: reservation id scored by expiry). A key's state is a hash: s, u (until), r.
 -- Meter names are unit and window: r60 (requests/minute), t60 (tokens/minute), r86400
@@ -19,6 +21,8 @@ local TTL = 3 * 86400   -- an idle group is forgotten after three days
 -- After a loss, nothing goes for this long: requests other workers reserved before it (and
 -- that no one can tell Redis about yet) are sent meanwhile.
 local RESTART_GRACE = 1.0
+-- A worker's configured limits count while it asked within this long.
+local CONFIG_TTL = 60
 
 local function fl(x, default)
   if x == nil or x == false or x == '' then return default end
@@ -57,7 +61,7 @@ end
 -- The group: its hash as a table, and its meters in display order.
 local function load(G)
   local h = redis.call('HGETALL', G)
-  local g = {key = G, f = {}, meters = {}, dirty = {}}
+  local g = {key = G, f = {}, meters = {}, dirty = {}, gone = {}}
   for i = 1, #h, 2 do g.f[h[i]] = h[i + 1] end
   for field, value in pairs(g.f) do
     if string.sub(field, 1, 2) == 'm:' then
@@ -78,17 +82,77 @@ end
 local function set(g, field, value)
   g.f[field] = value
   g.dirty[field] = true
+  g.gone[field] = nil
+end
+
+local function unset(g, field)
+  g.f[field] = nil
+  g.dirty[field] = nil
+  g.gone[field] = true
 end
 
 local function save(g)
-  local args = {}
+  local args, gone = {}, {}
   for field, _ in pairs(g.dirty) do
     table.insert(args, field)
     table.insert(args, g.f[field])
   end
+  for field, _ in pairs(g.gone) do table.insert(gone, field) end
   if #args > 0 then redis.call('HSET', g.key, unpack(args)) end
-  g.dirty = {}
+  if #gone > 0 then redis.call('HDEL', g.key, unpack(gone)) end
+  g.dirty, g.gone = {}, {}
   redis.call('EXPIRE', g.key, TTL)
+end
+
+local function default_burst(count, seconds)
+  return math.max(1, math.min(1 + math.floor(count / 100), math.ceil(count / seconds)))
+end
+
+-- The configured limits in force: each window at the lowest count among the workers that
+-- asked within CONFIG_TTL (two jobs sharing a key, or a redeploy with new limits), and no
+-- higher than the provider announced. ``spec`` (named ``hash``) is the caller's. Says
+-- whether the meters changed (the caller then loads the group again).
+local function configure(g, spec, hash, now, version)
+  local changed = false
+  if fl(g.f['c:' .. hash], -math.huge) < now + CONFIG_TTL / 2 then  -- renewed twice a TTL
+    changed = g.f['cs:' .. hash] == nil
+    set(g, 'c:' .. hash, fmt(now + CONFIG_TTL))
+    set(g, 'cs:' .. hash, spec)
+  end
+  local wanted = {}
+  for field, value in pairs(g.f) do
+    if string.sub(field, 1, 2) == 'c:' then
+      local other = string.sub(field, 3)
+      if tonumber(value) <= now then
+        unset(g, field)
+        unset(g, 'cs:' .. other)
+        changed = true
+      else
+        for _, item in ipairs(split(g.f['cs:' .. other], ';')) do
+          local p = split(item, '|')
+          local w = wanted[p[1]]
+          if w == nil or tonumber(p[2]) < w.count then
+            wanted[p[1]] = {count = tonumber(p[2]), seconds = p[3], burst = tonumber(p[4]),
+                            order = p[5]}
+          end
+        end
+      end
+    end
+  end
+  if not changed then return false end
+  for mid, w in pairs(wanted) do
+    local count = math.min(w.count, fl(g.f['pa:' .. mid], math.huge))
+    local burst = w.burst
+    if string.sub(mid, 1, 1) ~= 'c' then
+      burst = math.min(burst, default_burst(count, tonumber(w.seconds)))
+    end
+    set(g, 'm:' .. mid, table.concat({count, w.seconds, burst, w.order, '0'}, '|'))
+  end
+  for _, m in ipairs(g.meters) do
+    if m.learned == '0' and wanted[m.id] == nil then unset(g, 'm:' .. m.id) end
+  end
+  set(g, 'v', version)
+  return true
 end
 
 local function interval(m)

@@ -21,6 +21,8 @@ if op == 'learn' then
   local mid, count, seconds, burst = ARGV[8], tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11])
   local found = nil
   for _, m in ipairs(g.meters) do if m.id == mid then found = m end end
+  -- what the provider said holds whatever workers configure (see configure in lib.lua)
+  set(g, 'pa:' .. mid, tostring(math.min(count, fl(g.f['pa:' .. mid], math.huge))))
   if found == nil then
     local learned = 0
     for _, m in ipairs(g.meters) do if m.learned == '1' then learned = learned + 1 end end

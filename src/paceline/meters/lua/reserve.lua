@@ -4,7 +4,8 @@
 -- ARGV: now ('' for Redis's clock), configured meters, the epoch the caller last saw ('' if
 --       none), reservation id (and epoch if it registers the group), floor (when the
 --       caller last heard the group would admit a request), horizon, requests, tokens,
---       take a slot (1/0), slot lifetime, midnights, limits version the caller has
+--       take a slot (1/0), slot lifetime, midnights, limits version the caller has, a name
+--       for its configured meters
 -- Returns: status (ok, later, full, key), at, now, slot taken, epoch, registered again,
 --          key state, until, reason, meters reserved on, then the group's view.
 local G, K = KEYS[1], KEYS[2]
@@ -15,6 +16,10 @@ local requests, tokens = tonumber(ARGV[7]), tonumber(ARGV[8])
 local days = {}
 for _, d in ipairs(split(ARGV[11], ',')) do table.insert(days, tonumber(d)) end
 local g = load(G)
+if configure(g, ARGV[2], ARGV[13], now, rid) then
+  save(g)
+  g = load(G)
+end
 local state, till, reason = key_state(K, now)
 
 local function answer(status, at, slot, mids)
