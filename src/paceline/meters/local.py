@@ -372,12 +372,13 @@ class LocalGroup:
         self.slowed_at = now
 
     def recover(self, now: float) -> None:
-        gained = (now - self.slowed_at) / RECOVERY
         slowed = [meter for meter in self.gcra if meter.factor < 1.0]
+        if not slowed:
+            return
+        gained = (now - self.slowed_at) / RECOVERY
         for meter in slowed:  # every slowed meter, each by the whole time since
             meter.factor = min(1.0, meter.factor + gained * (1 - MIN_FACTOR))
-        if slowed:
-            self.slowed_at = now
+        self.slowed_at = now
 
     def view(self, now: float) -> GroupView:
         limits = [m.limit for m in self.meters()]
@@ -534,11 +535,13 @@ class LocalBackend:
         delta = used - held
         if not delta:
             return
-        entries = {id(meter): entry for meter, entry in self._held(reservation)}
+        entries: dict[int, list[float]] | None = None
         for meter in self._groups[reservation.group].meters():
             if meter.limit.unit != "tokens":
                 continue
             if isinstance(meter, WindowMeter):
+                if entries is None:
+                    entries = {id(m): e for m, e in self._held(reservation) if e is not None}
                 entry = entries.get(id(meter))
                 if entry is not None:  # its own reservation, not whichever came last
                     meter.adjust_entry(entry, delta)
