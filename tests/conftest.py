@@ -100,3 +100,42 @@ def pg_dsn() -> Iterator[str]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+REDIS_URL = os.environ.get("PACELINE_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+class RedisTarget:
+    """A Redis to test against, and a key prefix no other test uses."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url, self.prefix = url, prefix
+
+    def __repr__(self) -> str:
+        return f"RedisTarget({self.url!r}, {self.prefix!r})"
+
+
+@pytest.fixture
+def redis_url() -> Iterator[RedisTarget]:
+    """``PACELINE_REDIS_URL`` (or the local Redis) and a fresh prefix, whose keys are
+    deleted after the test. Skips when Redis is unreachable, unless
+    ``PACELINE_REQUIRE_SERVICES=1``: then it fails."""
+    import uuid
+
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as exc:
+        client.close()
+        if os.environ.get("PACELINE_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"Redis is required but not reachable: {exc}")
+        pytest.skip(f"Redis not reachable: {exc}")
+    prefix = f"paceline-test:{uuid.uuid4().hex[:12]}:"
+    try:
+        yield RedisTarget(REDIS_URL, prefix)
+    finally:
+        for name in client.scan_iter(match=f"{prefix}*", count=500):
+            client.delete(name)
+        client.close()

@@ -79,6 +79,15 @@ def cli() -> None:
     show_envvar=True,
     help="Items in flight at once (default: automatic with keys, else 16).",
 )
+@click.option(
+    "--limiter",
+    default=None,
+    envvar="PACELINE_LIMITER",
+    show_envvar=True,
+    metavar="URL",
+    help="Where the keys' meters live: in this process (default) or redis://… to share "
+    "every key's quota exactly between workers on any number of machines.",
+)
 @click.option("--sequential", is_flag=True, help="One item at a time, in order.")
 @click.option(
     "--until-quota",
@@ -151,6 +160,7 @@ def cli() -> None:
 def run(
     jobfile: Path,
     store: str | None,
+    limiter: str | None,
     concurrency: int | None,
     sequential: bool,
     until_quota: bool,
@@ -196,6 +206,7 @@ def run(
             until_quota=until_quota,
             per_day=per_day,
             budget=budget,
+            limiter=limiter,
             reporter=reporter,
             install_signal_handlers=True,
         )

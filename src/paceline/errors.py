@@ -4,7 +4,9 @@
 
     PacelineError
     ├── ConfigError          bad job file, option or source: the CLI exits 2 with one line
-    │   └── JobAlreadyRunning  another live run holds the job's store
+    │   ├── JobAlreadyRunning  another live run holds the job's store
+    │   └── NoUsableKey        every key of the pool was rejected by the provider
+    ├── MetersUnavailable    the shared meter backend (Redis) cannot be reached; the limiter waits
     ├── StoreError           the store cannot be opened, read or written
     ├── SinkError            the sink cannot take rows (its disk, its database)
     └── TaskError            raised *by task code* to say how paceline should treat a failure
@@ -17,6 +19,8 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "JobAlreadyRunning",
+    "MetersUnavailable",
+    "NoUsableKey",
     "PacelineError",
     "Permanent",
     "Retryable",
@@ -36,6 +40,17 @@ class ConfigError(PacelineError):
 
 class JobAlreadyRunning(ConfigError):
     """Another live process is running the same job on the same store."""
+
+
+class NoUsableKey(ConfigError):
+    """Every key of the pool was rejected by the provider."""
+
+
+class MetersUnavailable(PacelineError):
+    """The shared meter backend (Redis) did not answer.
+
+    The limiter does not pass it on: requests wait, and it asks again with a backoff.
+    """
 
 
 class StoreError(PacelineError):

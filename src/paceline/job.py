@@ -151,6 +151,7 @@ class Job:
         until_quota: bool = False,
         per_day: int | None = None,
         budget: float | None = None,
+        limiter: str | None = None,
         reporter: Reporter | None = None,
         clock: Clock = SYSTEM_CLOCK,
         install_signal_handlers: bool = False,
@@ -179,6 +180,7 @@ class Job:
             until_quota=until_quota,
             per_day=per_day,
             budget=budget,
+            limiter=limiter if limiter is not None else self.limiter,
         )
         return await run_with_reporter(engine, reporter, install_signal_handlers)
 

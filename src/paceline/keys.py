@@ -23,23 +23,29 @@ from pathlib import Path
 from typing import Any
 
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import ConfigError
+from .errors import ConfigError, NoUsableKey
 from .feedback import Feedback
-from .limiter import Group, Lease, Limiter
+from .limiter import Lease, Limiter
 from .limits import Cost, Limit, parse_limit, zone
+from .meters.local import LocalBackend, LocalGroup
+from .meters.protocol import GroupSpec, MeterBackend
 
 __all__ = ["Cost", "Key", "KeyPool", "NoUsableKey"]
 
 
-class NoUsableKey(ConfigError):
-    """Every key of the pool was rejected by the provider."""
+def fingerprint(secret: str) -> str:
+    """How a key is named in the store and in Redis: never the secret itself."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 class Key:
     """One API key. ``repr`` and ``str`` never show the secret.
 
     ``state`` is ``ready``, ``cooling`` (after a 429, until ``until``), ``parked`` (its
-    quota is spent until ``until``) or ``disabled`` (rejected by the provider).
+    quota is spent until ``until``) or ``disabled`` (rejected by the provider), as this
+    process knows it (with a shared meter backend, what any worker saw). ``group`` holds
+    the in-process meters of the key's group; the limits in force are read through
+    ``pool.limiter.view(group_id)``, whichever backend meters them.
     """
 
     __slots__ = (
@@ -58,14 +64,20 @@ class Key:
         "until",
     )
 
-    def __init__(self, secret: str, *, auth: str = "bearer", group: Group | None = None) -> None:
+    def __init__(
+        self, secret: str, *, auth: str = "bearer", group: LocalGroup | None = None
+    ) -> None:
         self._secret = secret
-        self.fingerprint = hashlib.sha256(secret.encode()).hexdigest()[:16]
+        self.fingerprint = fingerprint(secret)
         # Long keys show their last four characters, as providers' dashboards do; a short
         # key would be half given away by that, so it shows a piece of its fingerprint.
         self.masked = "…" + (secret[-4:] if len(secret) >= 16 else self.fingerprint[:4])
         self.auth = auth
-        self.group = group if group is not None else Group((), dt.UTC)
+        self.group = (
+            group
+            if group is not None
+            else LocalGroup(GroupSpec(self.fingerprint, keys=(self.fingerprint,)))
+        )
         self.requests = 0
         self.tokens = 0
         self.rate_limited = 0
@@ -78,6 +90,11 @@ class Key:
     @property
     def secret(self) -> str:
         return self._secret
+
+    @property
+    def group_id(self) -> str:
+        """The fingerprint of the key that names this key's group."""
+        return self.group.spec.id
 
     def __repr__(self) -> str:
         return f"Key({self.masked})"
@@ -154,15 +171,26 @@ class KeyPool:
                 parsed.append(parse_limit(text.format(count)))
         self.limits = tuple(parsed)
         self.day_resets = day_resets
-        tz = zone(day_resets)
-        shared_group = Group(self.limits, tz) if shared else None
+        zone(day_resets)  # an unknown time zone is a configuration error now, not later
+        unique = list(dict.fromkeys(secrets))
+        prints = [fingerprint(s) for s in unique]
+        shared_group = (
+            LocalGroup(GroupSpec(prints[0], self.limits, day_resets, tuple(prints)))
+            if shared
+            else None
+        )
         self.keys = [
-            Key(s, auth=auth, group=shared_group or Group(self.limits, tz))
-            for s in dict.fromkeys(secrets)
+            Key(
+                s,
+                auth=auth,
+                group=shared_group or LocalGroup(GroupSpec(fp, self.limits, day_resets, (fp,))),
+            )
+            for s, fp in zip(unique, prints, strict=True)
         ]
         self.auth = auth
         self._reported: dict[str, tuple[int, int, int, int]] = {}
-        self.limiter = Limiter(self.keys, clock)
+        self._local = LocalBackend((k.group for k in self.keys), clock)
+        self.limiter: Limiter[Key] = Limiter(self.keys, clock, self._local)
 
     def __add__(self, other: KeyPool) -> KeyPool:
         """A pool with the keys (and groups, limits, auth) of both."""
@@ -170,7 +198,9 @@ class KeyPool:
         merged.keys = [*self.keys, *[k for k in other.keys if k not in self.keys]]
         merged.limits = self.limits + other.limits
         merged._reported = {}
-        merged.limiter = Limiter(merged.keys, self.limiter.clock)
+        clock = self.limiter.clock
+        merged._local = LocalBackend((k.group for k in merged.keys), clock)
+        merged.limiter = Limiter(merged.keys, clock, merged._local)
         return merged
 
     @property
@@ -180,32 +210,57 @@ class KeyPool:
     @clock.setter
     def clock(self, clock: Clock) -> None:
         self.limiter.clock = clock
+        self._local.clock = clock
 
     def bind(
-        self, clock: Clock, on_event: Callable[[str], None], *, stop_when_out_of_quota: bool = False
+        self,
+        clock: Clock,
+        on_event: Callable[[str], None],
+        *,
+        stop_when_out_of_quota: bool = False,
+        backend: MeterBackend | None = None,
     ) -> None:
-        """Attach the pool to a run: its clock, where events go, and a fresh limiter state."""
+        """Attach the pool to a run: its clock, where events go, and where its meters live.
+
+        ``backend`` ``None`` keeps the pool's own in-process meters; a shared backend
+        (``open_meter_backend("redis://…")``) shares every key's quota with the other
+        workers. With it, ``await pool.limiter.start()`` before the first request and
+        ``await pool.limiter.aclose()`` after the run (both do nothing for local meters).
+        Waiting acquirers of a previous run's :meth:`Limiter.close` are forgotten.
+        """
         limiter = self.limiter
-        limiter.clock = clock
+        self.clock = clock
         limiter.on_event = on_event
         limiter.stop_when_out_of_quota = stop_when_out_of_quota
+        if backend is None:
+            backend = self._local
+        elif isinstance(backend, LocalBackend):
+            backend.adopt(k.group for k in self.keys)  # the keys' own meters, not copies
+        limiter.use(backend)
         limiter.reopen()
 
-    def groups(self) -> list[tuple[Key, Group]]:
-        """Each group once, with the key that names it in the store."""
-        seen: dict[int, tuple[Key, Group]] = {}
+    def groups(self) -> list[tuple[Key, LocalGroup]]:
+        """Each group once, with the key that names it in the store, and its in-process
+        meters (for the store's daily usage, use ``limiter.day_usage`` and
+        ``limiter.restore_day``: they work with every backend)."""
+        seen: dict[int, tuple[Key, LocalGroup]] = {}
         for key in self.keys:
             seen.setdefault(id(key.group), (key, key.group))
         return list(seen.values())
 
     def describe(self, now: float) -> list[dict[str, Any]]:
-        """One dict per key: what the dashboard, ``keys`` and ``status --json`` show."""
+        """One dict per key: what the dashboard, ``keys`` and ``status --json`` show.
+
+        A pure read: the limits in force and today's usage as the meter backend has them
+        (with Redis, as last read back, within a second), states as this process knows.
+        """
         rows = []
+        views = {spec.id: self.limiter.view(spec.id, now) for spec in self.limiter.groups()}
         for key in self.keys:
-            group = key.group
+            view = views[key.group.spec.id]
             today = [
-                {"unit": m.limit.unit, "used": round(m.used(now)), "limit": m.limit.count}
-                for m in group.day
+                {"unit": day.limit.unit, "used": round(day.used), "limit": day.limit.count}
+                for day in view.today
             ]
             rows.append(
                 {
@@ -217,8 +272,7 @@ class KeyPool:
                     "state": key.describe_state(now),
                     "until": key.until if key.state in ("cooling", "parked") else None,
                     "reason": key.reason,
-                    "limits": [m.limit.describe() for m in group.meters()]
-                    + ([group.concurrency.limit.describe()] if group.concurrency else []),
+                    "limits": [limit.describe() for limit in view.limits],
                     "today": today,
                 }
             )
@@ -227,7 +281,7 @@ class KeyPool:
     @property
     def limited(self) -> bool:
         """Whether any key has a limit (configured or learned)."""
-        return any(k.group.limited for k in self.keys)
+        return any(self.limiter.view(spec.id).limits for spec in self.limiter.groups())
 
     @classmethod
     def from_env(
@@ -271,14 +325,16 @@ class KeyPool:
     def usable(self) -> list[Key]:
         return [k for k in self.keys if k.state != "disabled"]
 
-    async def acquire(self, cost: Cost | None = None) -> Lease:
+    async def acquire(self, cost: Cost | None = None) -> Lease[Key]:
         """A key and a slot for one request of ``cost`` (see :class:`Limiter`)."""
         return await self.limiter.acquire(cost or Cost())
 
-    def settle(self, lease: Lease, feedback: Feedback) -> None:
+    def settle(self, lease: Lease[Key], feedback: Feedback) -> None:
+        """Learn from the answer to a leased request (see :meth:`Limiter.settle`)."""
         self.limiter.settle(lease, feedback)
 
-    def release(self, lease: Lease) -> None:
+    def release(self, lease: Lease[Key]) -> None:
+        """The request is over: free its concurrency slot."""
         self.limiter.release(lease)
 
     # -- sending -----------------------------------------------------------------------

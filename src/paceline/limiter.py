@@ -1,12 +1,18 @@
 """The limiter: which key may send which request, and when.
 
 Every request *reserves* its cost on a key before it is sent: the limiter looks at each
-usable key, asks its meters when the cost would fit, takes the key that can admit it
-soonest, reserves there (so the next request sees the slot as taken) and sleeps until the
-slot's time. The answer then *settles* the reservation: actual tokens replace the
+usable key, estimates when its group's meters would admit the cost, and asks the meter
+backend to reserve it on the key that can admit it soonest (one atomic call per group:
+the key's state and every meter of its group). The backend answers with a send time (so
+the next request sees the slot as taken) or with when it could; the limiter sleeps until
+the slot's time. The answer then *settles* the reservation: actual tokens replace the
 estimate, a 429 cools that key alone and slows its meters a little, a spent daily quota
 parks the key until its reset, a rejected key is disabled, and limits the provider
 announces but nobody configured are learned.
+
+The meters live in a :class:`~paceline.meters.MeterBackend`: in this process (the default),
+or in Redis, shared by every worker, so a 429 or a revoked key seen by one worker is known
+to all. The waiting (sleeps, the queue for concurrency slots) stays in each process.
 
 Keys that share one upstream quota form a group with one set of meters.
 """
@@ -14,30 +20,47 @@ Keys that share one upstream quota form a group with one set of meters.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from .clock import Clock
-from .errors import PacelineError
+from .errors import MetersUnavailable, NoUsableKey, PacelineError
 from .feedback import Feedback, Verdict, Window
-from .limits import ConcurrencyMeter, Cost, DayMeter, GcraMeter, Limit, WindowMeter
+from .limits import Cost, Limit
+from .meters.protocol import (
+    RECOVERY,
+    GroupSpec,
+    GroupView,
+    KeyState,
+    MeterBackend,
+    Refusal,
+    Reservation,
+    meter_id,
+)
 
-if TYPE_CHECKING:
-    from .keys import Key
-
-__all__ = ["Group", "Lease", "Limiter", "QuotaWait", "Stopping"]
+__all__ = [
+    "HORIZON",
+    "RECOVERY",
+    "Lease",
+    "Limiter",
+    "MeteredKey",
+    "QuotaWait",
+    "Stopping",
+]
 
 #: A reservation further ahead than this is not taken: the limiter waits and looks again,
 #: so a key that comes back (or a stop) is noticed.
 HORIZON = 30.0
-#: How much a 429 that the meters did not foresee slows that key's meters, and the floor.
-SLOWDOWN, MIN_FACTOR = 0.85, 0.2
-#: Seconds for a slowed-down key to recover its configured rate in full.
-RECOVERY = 600.0
+#: With a shared backend, how often a request waiting for a concurrency slot asks again
+#: (slots freed by other processes wake nobody here).
+SLOT_POLL = 0.05
+#: How often a shared backend's key states, limits and daily usage are read back.
+REFRESH = 1.0
+#: The longest wait between two attempts to reach an unreachable backend.
+MAX_BACKOFF = 2.0
 
 
 class Stopping(PacelineError):
@@ -52,64 +75,76 @@ class QuotaWait(PacelineError):
         self.until = until
 
 
-class Group:
-    """Keys sharing one set of meters (one key alone, or keys of one upstream account)."""
+class _Grouped(Protocol):
+    @property
+    def spec(self) -> GroupSpec: ...
 
-    __slots__ = ("concurrency", "day", "gcra", "learned", "slowed_at", "tz")
 
-    def __init__(self, limits: Sequence[Limit], tz: dt.tzinfo) -> None:
-        self.tz = tz
-        # Request limits pace as GCRA; token limits, where one request can be a large
-        # share of the window, as a log of reservations.
-        self.gcra: list[GcraMeter | WindowMeter] = [
-            _window_meter(lim) for lim in limits if lim.unit != "concurrent" and not lim.daily
-        ]
-        self.day: list[DayMeter] = [DayMeter(lim, tz) for lim in limits if lim.daily]
-        conc = [lim for lim in limits if lim.unit == "concurrent"]
-        self.concurrency = ConcurrencyMeter(min(conc, key=lambda x: x.count)) if conc else None
-        self.learned: list[Limit] = []
-        self.slowed_at = 0.0
+class MeteredKey(Protocol):
+    """What the limiter needs of a key (:class:`paceline.keys.Key` is one).
 
-    def meters(self) -> list[GcraMeter | WindowMeter | DayMeter]:
-        return [*self.gcra, *self.day]
+    ``state``, ``until`` and ``reason`` are this process's view of the key's state, kept
+    up to date from the backend; the counters are this process's own.
+    """
 
     @property
-    def limited(self) -> bool:
-        return bool(self.gcra or self.day or self.concurrency)
+    def fingerprint(self) -> str: ...
+    @property
+    def masked(self) -> str: ...
+    @property
+    def group(self) -> _Grouped: ...
+
+    state: str
+    until: float
+    reason: str | None
+    requests: int
+    tokens: int
+    rate_limited: int
+    errors: int
+    consecutive_429: int
 
 
-def _window_meter(limit: Limit) -> GcraMeter | WindowMeter:
-    return WindowMeter(limit) if limit.unit == "tokens" else GcraMeter(limit)
-
-
-def _units(meter: GcraMeter | WindowMeter | DayMeter, cost: Cost) -> float:
-    return float(cost.tokens if meter.limit.unit == "tokens" else cost.requests)
-
-
-def _full(group: Group) -> bool:
-    return group.concurrency is not None and group.concurrency.full
+K = TypeVar("K", bound=MeteredKey)
 
 
 @dataclass(slots=True)
-class Lease:
+class Lease(Generic[K]):
     """A key and a slot for one request; settle it with the answer, then release it."""
 
-    key: Key
+    key: K
     cost: Cost
     sent_at: float
+    reservation: Reservation | None = None
+    #: the tokens it holds: the estimate, then what the answer said
+    tokens: int = 0
     released: bool = False
-    # the token reservations this request holds, settled (or refunded) one by one
-    held: list[tuple[WindowMeter, list[float]]] = field(default_factory=list)
+    refunded: bool = False
 
 
-class Limiter:
-    """Hands out keys and slots for a pool's keys."""
+def _state(key: MeteredKey) -> KeyState:
+    return KeyState(key.state, key.until, key.reason)
+
+
+class Limiter(Generic[K]):
+    """Hands out keys and slots for a pool's keys.
+
+    The engine's side of it: :meth:`start` and :meth:`aclose` around a run (they open and
+    close a shared backend's connection; nothing for the local one), :meth:`close` to wake
+    every waiting acquirer with :class:`Stopping`, :attr:`rejections` and :attr:`waiting`
+    for the autoscaler, :meth:`quota_wait`, and :meth:`day_usage` / :meth:`restore_day`
+    to persist today's spent quota.
+    """
 
     def __init__(
-        self, keys: Sequence[Key], clock: Clock, on_event: Callable[[str], None] | None = None
+        self,
+        keys: Sequence[K],
+        clock: Clock,
+        backend: MeterBackend,
+        on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.keys = list(keys)
         self.clock = clock
+        self.backend = backend
         self.on_event = on_event or (lambda message: None)
         self.stop_when_out_of_quota = False
         self.waiting = 0  # acquirers sleeping for a slot now
@@ -120,8 +155,40 @@ class Limiter:
         self._next = 0
         # FIFO of requests waiting for a concurrency slot on any key
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._unreachable = False
+        self._refresher: asyncio.Task[None] | None = None
+        backend.attach(self.groups())
 
-    # -- acquiring ---------------------------------------------------------------------
+    # -- the run -----------------------------------------------------------------------
+
+    def groups(self) -> list[GroupSpec]:
+        """Each key group once, in the order of its first key."""
+        return list({key.group.spec.id: key.group.spec for key in self.keys}.values())
+
+    def use(self, backend: MeterBackend) -> None:
+        """Meter with ``backend`` from now on (before :meth:`start`)."""
+        if backend is not self.backend:
+            backend.attach(self.groups())
+            self.backend = backend
+
+    async def start(self) -> None:
+        """Open the backend; with a shared one, read its state back every second (which
+        also keeps this process's in-flight slots alive). The first acquire starts it too,
+        but only :meth:`aclose` ends it."""
+        await self.backend.start()
+        self._start_refresher()
+
+    def _start_refresher(self) -> None:
+        if self.backend.shared and self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def aclose(self) -> None:
+        """Send what the backend still holds and close it."""
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
+        await self.backend.aclose()
 
     def reopen(self) -> None:
         """Ready for a new run (after :meth:`close`)."""
@@ -131,6 +198,20 @@ class Limiter:
     def close(self) -> None:
         """Wake every waiting acquirer with :class:`Stopping`."""
         self._closed.set()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await self.clock.sleep(REFRESH)
+            try:
+                await self.backend.refresh()
+            except MetersUnavailable as exc:
+                self._tell_unreachable(exc)
+                continue
+            self._tell_reachable()
+            for key in self.keys:
+                self._see(key, self.backend.key_state(key.fingerprint))
+
+    # -- acquiring ---------------------------------------------------------------------
 
     async def _sleep(self, seconds: float) -> None:
         sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
@@ -143,99 +224,144 @@ class Limiter:
         if self._closed.is_set():
             raise Stopping("stopping")
 
-    def _ready_at(self, key: Key, cost: Cost, now: float) -> float:
+    def _now_arg(self, now: float) -> float | None:
+        # A backend with its own clock (Redis's TIME) is not told the time.
+        return None if self.backend.server_clock else now
+
+    def _ready_at(self, key: K, cost: Cost, now: float) -> float:
         at = max(now, key.until) if key.state in ("cooling", "parked") else now
-        for meter in key.group.meters():
-            at = max(at, meter.ready_at(_units(meter, cost), now))
-        return at
+        return max(at, self.backend.estimate(key.group.spec.id, cost, now)[1])
 
-    def _best(self, cost: Cost, now: float) -> tuple[Key | None, float]:
-        """The key that admits ``cost`` soonest, preferring keys with a free in-flight slot."""
-        best, best_rank = None, (True, math.inf)
-        n = len(self.keys)
+    def _best(self, cost: Cost, now: float) -> tuple[K | None, float, bool, float]:
+        """The key that admits ``cost`` soonest, preferring keys with a free in-flight slot;
+        and when the next best one could (a reservation later than that is not worth it)."""
+        best, best_rank, runner_up = None, (True, math.inf), math.inf
+        estimate = self.backend.estimate
+        keys, n = self.keys, len(self.keys)
         for i in range(n):
-            key = self.keys[(self._next + i) % n]
-            if key.state == "disabled":
+            key = keys[(self._next + i) % n]
+            state = key.state
+            if state == "disabled":
                 continue
-            rank = (_full(key.group), self._ready_at(key, cost, now))
+            full, ready = estimate(key.group.spec.id, cost, now)
+            if state in ("cooling", "parked") and key.until > ready:
+                ready = key.until
+            rank = (full, ready)
             if rank < best_rank:
+                if not best_rank[0]:
+                    runner_up = best_rank[1]
                 best, best_rank = key, rank
-        return best, best_rank[1]
+            elif not full and ready < runner_up:
+                runner_up = ready
+        return best, best_rank[1], best_rank[0], runner_up
 
-    async def acquire(self, cost: Cost) -> Lease:
+    async def acquire(self, cost: Cost) -> Lease[K]:
         """Wait for the key that can send ``cost`` soonest, and its slot."""
-        from .keys import NoUsableKey
-
+        if self._refresher is None and self.backend.shared:
+            self._start_refresher()
         waited = False
+        refused: tuple[K, float] | None = None  # a key whose day has not begun yet
+        missed = 0  # reservations refused as later than another key could go
+        attempts = 0  # calls in a row the backend did not answer
         try:
             while True:
                 if self._closed.is_set():
                     raise Stopping("stopping")
                 now = self.clock.time()
-                key, at = self._best(cost, now)
+                key, at, full, runner_up = self._best(cost, now)
                 if key is None:
                     reasons = "; ".join(f"{k.masked}: {k.reason}" for k in self.keys if k.reason)
                     raise NoUsableKey(f"no usable key left ({reasons or 'all disabled'})")
-                if _full(key.group):  # every usable key has all its requests in flight
+                if full:  # every usable key has all its requests in flight
                     waited = self._begin_wait(waited)
                     await self._wait_turn()
                     continue
-                day_later = any(m.ready_at(_units(m, cost), now) > now for m in key.group.day)
-                if at - now > HORIZON or (day_later and at > now):
-                    # Far ahead, or in a day not begun: look again then, reserving nothing
-                    # (a request counted today but sent tomorrow would escape both counts).
+                if refused is not None and refused[0] is key:
+                    at = max(at, refused[1])
+                if at - now > HORIZON or (refused is not None and refused[0] is key):
+                    # Far ahead, or in a day not begun: look again then, reserving nothing.
                     if self.stop_when_out_of_quota and self._all_out_of_quota(now):
                         raise QuotaWait(at)
                     waited = self._begin_wait(waited)
-                    await self._sleep(min(at - now, HORIZON))
+                    await self._sleep(max(0.0, min(at - now, HORIZON)))
+                    refused = None
                     continue
-                # Reserve at the time the request is sent (a cooling key sends later than
-                # its meters would allow), so requests held back do not go as a burst.
-                held: list[tuple[WindowMeter, list[float]]] = []
-                for gcra in key.group.gcra:
-                    gcra.reserve(_units(gcra, cost), at)
-                    if isinstance(gcra, WindowMeter) and gcra.last_entry is not None:
-                        held.append((gcra, gcra.last_entry))
-                for day in key.group.day:
-                    day.reserve(_units(day, cost), now)
+                # Not much later than the next best key could go: what this process knows
+                # of a shared backend may be a refresh old, and another key (one that was
+                # not cooling, say) may be the better choice.
+                horizon = HORIZON
+                if missed < len(self.keys):
+                    horizon = min(HORIZON, max(runner_up, at) - now + REFRESH)
+                group = key.group.spec.id
+                try:
+                    answer = await self.backend.reserve(
+                        group, key.fingerprint, cost, horizon=horizon, now=self._now_arg(now)
+                    )
+                except MetersUnavailable as exc:
+                    waited = self._begin_wait(waited)
+                    attempts += 1
+                    await self._wait_for_backend(exc, attempts)
+                    continue
+                attempts = 0
+                self._tell_reachable()
+                self._see(key, answer.key_state)
+                reservation = answer.reservation
+                if reservation is None:
+                    if answer.refusal is Refusal.FULL:
+                        waited = self._begin_wait(waited)
+                        await self._wait_turn()
+                    elif answer.refusal is Refusal.LATER:
+                        if answer.at - answer.now > horizon:
+                            missed += 1  # choose again, knowing better
+                        else:  # a day not begun
+                            refused = (key, now + answer.at - answer.now)
+                    continue  # Refusal.KEY: the key is disabled now; choose again
                 self._next = (self.keys.index(key) + 1) % len(self.keys)
-                if at > now:
+                wait = reservation.at - answer.now
+                if wait > 0:
                     waited = self._begin_wait(waited)
                     try:
-                        await self._sleep(at - now)
+                        await self._sleep(wait)
                     except (Stopping, asyncio.CancelledError):
-                        self._refund(key, cost, held)
+                        self.backend.refund(reservation, cost.tokens)
                         raise
-                    if key.state == "disabled" or key.until > self.clock.time():
-                        self._refund(key, cost, held)  # the key went bad while we waited
+                    try:
+                        answer = await self.backend.begin(
+                            reservation, now=self._now_arg(self.clock.time())
+                        )
+                    except MetersUnavailable as exc:
+                        self.backend.refund(reservation, cost.tokens)
+                        attempts += 1
+                        await self._wait_for_backend(exc, attempts)
                         continue
-                group = key.group
-                if group.concurrency is not None:
-                    if group.concurrency.full:  # taken while we slept: choose again
-                        self._refund(key, cost, held)
-                        continue
-                    group.concurrency.in_flight += 1
+                    self._see(key, answer.key_state)
+                    if answer.reservation is None:
+                        continue  # the key went bad, or its slots were taken: choose again
+                    reservation = answer.reservation
                 key.requests += cost.requests
                 key.tokens += cost.tokens
-                return Lease(key, cost, self.clock.time(), held=held)
+                return Lease(key, cost, self.clock.time(), reservation, cost.tokens)
         finally:
             if waited:
                 self.waiting -= 1
 
     async def _wait_turn(self) -> None:
-        """Wait until some key's in-flight slot is released."""
+        """Wait until some key's in-flight slot is released (here, or elsewhere: polled)."""
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(turn)
         closed = asyncio.ensure_future(self._closed.wait())
+        waiters: list[asyncio.Future[Any]] = [turn, closed]
+        if self.backend.shared:
+            waiters.append(asyncio.ensure_future(self.clock.sleep(SLOT_POLL)))
         try:
-            waiters: list[asyncio.Future[Any]] = [turn, closed]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             if turn.done():
                 self._wake_one()  # woken but gone: the next waiter gets the slot
             raise
         finally:
-            closed.cancel()
+            for waiter in waiters[1:]:
+                waiter.cancel()
             if not turn.done():
                 turn.cancel()
         if self._closed.is_set():
@@ -254,23 +380,30 @@ class Limiter:
             self.waited += 1
         return True
 
-    def _refund(
-        self, key: Key, cost: Cost, held: Sequence[tuple[WindowMeter, list[float]]] = ()
-    ) -> None:
-        entries = {id(meter): entry for meter, entry in held}
-        for meter in key.group.meters():
-            if isinstance(meter, WindowMeter):
-                entry = entries.get(id(meter))
-                if entry is not None:
-                    meter.adjust_entry(entry, -_units(meter, cost))
-                continue
-            meter.adjust(-_units(meter, cost))
+    async def _wait_for_backend(self, exc: MetersUnavailable, attempt: int) -> None:
+        """The backend is unreachable: say so once, and ask again after a pause that grows
+        with this request's attempts (so it comes back about as soon as the backend)."""
+        self._tell_unreachable(exc)
+        await self._sleep(min(MAX_BACKOFF, 0.05 * 2 ** min(attempt - 1, 10)))
+
+    def _tell_unreachable(self, exc: MetersUnavailable) -> None:
+        if not self._unreachable:
+            self._unreachable = True
+            self.on_event(f"limiter: {exc}, waiting")
+
+    def _tell_reachable(self) -> None:
+        if self._unreachable:
+            self._unreachable = False
+            self.on_event("limiter: meters reachable again")
+
+    def _day_out(self, key: K, now: float) -> bool:
+        view = self.backend.view(key.group.spec.id, now)
+        return any(day.exhausted and day.resets_at > now + HORIZON for day in view.today)
 
     def _all_out_of_quota(self, now: float) -> bool:
         usable = [k for k in self.keys if k.state != "disabled"]
         return bool(usable) and all(
-            (k.state == "parked" and k.until > now + HORIZON)
-            or any(m.ready_at(1, now) > now + HORIZON for m in k.group.day)
+            (k.state == "parked" and k.until > now + HORIZON) or self._day_out(k, now)
             for k in usable
         )
 
@@ -281,125 +414,140 @@ class Limiter:
         usable = [k for k in self.keys if k.state != "disabled"]
         return min(self._ready_at(k, Cost(), now) for k in usable)
 
-    def release(self, lease: Lease) -> None:
+    def release(self, lease: Lease[K]) -> None:
         """The request is over: free its concurrency slot."""
         if lease.released:
             return
         lease.released = True
-        group = lease.key.group
-        if group.concurrency is not None:
-            group.concurrency.in_flight -= 1
+        reservation = lease.reservation
+        if reservation is not None and reservation.slot:
+            self.backend.release(reservation)
             self._wake_one()
 
     # -- learning ----------------------------------------------------------------------
 
-    def settle(self, lease: Lease, feedback: Feedback) -> None:
+    def settle(self, lease: Lease[K], feedback: Feedback) -> None:
         """Learn from the answer to a leased request."""
         key, now = lease.key, self.clock.time()
-        group = key.group
-        if feedback.tokens_used is not None and lease.cost.tokens != feedback.tokens_used:
-            delta = feedback.tokens_used - lease.cost.tokens
-            key.tokens += delta
-            entries = {id(meter): entry for meter, entry in lease.held}
-            for meter in group.meters():
-                if meter.limit.unit != "tokens":
-                    continue
-                if isinstance(meter, WindowMeter):
-                    entry = entries.get(id(meter))
-                    if entry is not None:
-                        meter.adjust_entry(entry, delta)
-                else:
-                    meter.adjust(delta)
+        group = key.group.spec.id
+        used = feedback.tokens_used
+        if used is not None and used != lease.tokens:
+            key.tokens += used - lease.tokens
+            if lease.reservation is not None and not lease.refunded:
+                self.backend.settle(lease.reservation, lease.tokens, used)
+            lease.tokens = used
         verdict = feedback.verdict
         if verdict is Verdict.OK:
             key.consecutive_429 = 0
             if key.state == "cooling" and key.until <= now:
-                key.state = "ready"
-            self._recover(group, now)
+                self._set_state(key, KeyState("ready"))
+            self.backend.recover(group, self._now_arg(now))
         elif verdict is Verdict.RATE_LIMITED:
             self.rejections += 1
             key.rate_limited += 1
             key.consecutive_429 += 1
-            self._refund(key, lease.cost, lease.held)  # a refused request spends nothing
+            self._refund(lease)  # a refused request spends nothing
             # Without advice, wait a little longer after each 429 in a row.
             wait = 1.0 * 2 ** min(key.consecutive_429 - 1, 6)
             until = feedback.retry_at if feedback.retry_at is not None else now + wait
-            self._cool(key, until, "cooling")
-            self._slow_down(group, now)
+            self._set_state(key, KeyState("cooling", until))
+            self.backend.slow_down(group, self._now_arg(now))
         elif verdict is Verdict.QUOTA_EXHAUSTED:
             key.rate_limited += 1
-            self._refund(key, lease.cost, lease.held)
+            self._refund(lease)
             until = feedback.retry_at if feedback.retry_at is not None else math.inf
             if feedback.scope in (None, "day"):  # an hour's quota leaves the day's alone
-                for meter in group.day:
-                    meter.exhaust_until(until)
+                for day in self.backend.view(group, now).today:
+                    self.backend.exhaust(group, meter_id(day.limit), until)
             already = key.state in ("parked", "disabled") and key.until >= until
-            self._cool(key, until, "parked")
-            key.reason = feedback.reason or "quota exhausted"
-            if not already:  # once, not once per request that was in flight
+            self._set_state(key, KeyState("parked", until, feedback.reason or "quota exhausted"))
+            if not already and key.state == "parked":  # once, not once per request in flight
                 self.on_event(f"key {key.masked} parked: {key.reason}")
         elif verdict is Verdict.KEY_INVALID:
             key.errors += 1
             if key.state != "disabled":  # several answers may say so at once: tell once
-                key.state = "disabled"
-                key.reason = feedback.reason or "rejected by the provider"
+                reason = feedback.reason or "rejected by the provider"
+                self._set_state(key, KeyState("disabled", 0.0, reason))
                 self.on_event(f"key {key.masked} disabled for this run: {key.reason}")
         self._learn(key, feedback.windows, now)
 
-    def _cool(self, key: Key, until: float, state: str) -> None:
-        if key.state == "disabled":
-            return
-        if key.state == "parked" and state == "cooling" and key.until >= until:
-            return  # a short rest does not end a longer park
-        key.until = max(key.until, until) if key.state == state else until
-        key.state = state
+    def _refund(self, lease: Lease[K]) -> None:
+        if lease.reservation is not None and not lease.refunded:
+            lease.refunded = True
+            self.backend.refund(lease.reservation, lease.tokens)
 
-    def _slow_down(self, group: Group, now: float) -> None:
-        for meter in group.gcra:
-            if meter.limit.unit == "requests":
-                meter.factor = max(MIN_FACTOR, meter.factor * SLOWDOWN)
-        group.slowed_at = now
+    def _set_state(self, key: K, state: KeyState) -> None:
+        """Change the key's state here and in the backend (for every worker)."""
+        merged = _state(key).merge(state)
+        key.state, key.until, key.reason = merged.state, merged.until, merged.reason
+        self.backend.set_key_state(key.fingerprint, state)
 
-    def _recover(self, group: Group, now: float) -> None:
-        gained = (now - group.slowed_at) / RECOVERY
-        slowed = [meter for meter in group.gcra if meter.factor < 1.0]
-        for meter in slowed:  # every slowed meter, each by the whole time since
-            meter.factor = min(1.0, meter.factor + gained * (1 - MIN_FACTOR))
-        if slowed:
-            group.slowed_at = now
+    def _see(self, key: K, seen: KeyState) -> None:
+        """The backend says the key is in state ``seen`` (perhaps another worker's doing)."""
+        if seen.state == "ready" or seen == _state(key):
+            return  # "ready" in the backend may just mean it has not heard yet
+        before = key.state
+        merged = _state(key).merge(seen)
+        key.state, key.until, key.reason = merged.state, merged.until, merged.reason
+        if key.state != before and key.state in ("parked", "disabled"):
+            if key.state == "disabled":
+                self.on_event(f"key {key.masked} disabled for this run: {key.reason}")
+            else:
+                self.on_event(f"key {key.masked} parked: {key.reason}")
 
-    def _learn(self, key: Key, windows: Sequence[Window], now: float) -> None:
-        group = key.group
+    def _learn(self, key: K, windows: Sequence[Window], now: float) -> None:
+        group = key.group.spec.id
+        limits: tuple[Limit, ...] | None = None
         for window in windows:
             if window.name in ("input_tokens", "output_tokens"):
                 continue  # Anthropic's split windows: not the one tokens limit we meter
-            meters = [m for m in group.meters() if m.limit.unit == window.unit]
-            matching = [m for m in meters if _same_window(m.limit, window)]
+            if limits is None:
+                limits = self.backend.view(group, now).limits
+            matching = [
+                lim for lim in limits if lim.unit == window.unit and _same_window(lim, window)
+            ]
             if window.limit and window.period and not matching:
                 limit = Limit(window.limit, window.period, window.unit)
-                if limit.daily:
-                    group.day.append(DayMeter(limit, group.tz))
-                else:
-                    group.gcra.append(_window_meter(limit))
-                group.learned.append(limit)
+                self.backend.learn(group, limit)
+                limits = None  # the next window sees the new meter
                 if limit.describe() not in self._told:  # once per limit, not once per key
                     self._told.add(limit.describe())
                     self.on_event(f"key {key.masked}: learned limit {limit.describe()}")
-            for meter in matching:
-                if window.limit and window.limit < meter.limit.count:
+            for lim in matching:
+                if window.limit and window.limit < lim.count:
                     # Configured higher than the provider allows: believe the provider.
-                    lowered = Limit(window.limit, meter.limit.seconds, meter.limit.unit)
-                    if isinstance(meter, (GcraMeter, WindowMeter)):
-                        meter.set_limit(lowered)
-                    else:
-                        meter.limit = lowered
-                    self.on_event(f"key {key.masked}: limit lowered to {meter.limit.describe()}")
+                    lowered = Limit(window.limit, lim.seconds, lim.unit)
+                    self.backend.learn(group, lowered)
+                    limits = None
+                    self.on_event(f"key {key.masked}: limit lowered to {lowered.describe()}")
             if window.remaining == 0 and window.reset_at is not None and window.reset_at > now:
                 if matching:
-                    for meter in matching:
-                        meter.exhaust_until(window.reset_at)
+                    for lim in matching:
+                        self.backend.exhaust(group, meter_id(lim), window.reset_at)
                 else:
-                    self._cool(key, window.reset_at, "cooling")
+                    self._set_state(key, KeyState("cooling", window.reset_at))
+
+    # -- what is known, for display and the store --------------------------------------
+
+    def view(self, group: str, now: float | None = None) -> GroupView:
+        """The group's limits in force, today's usage and slots taken (a pure read)."""
+        return self.backend.view(group, self.clock.time() if now is None else now)
+
+    def day_usage(self, now: float) -> list[tuple[str, float, str, float]]:
+        """``(group, day_start, unit, used)`` for every daily meter, to persist in the store.
+
+        ``group`` is the fingerprint of the key that names the group.
+        """
+        return [
+            (spec.id, day.day_start, day.limit.unit, day.used)
+            for spec in self.groups()
+            for day in self.backend.view(spec.id, now).today
+        ]
+
+    def restore_day(self, group: str, day_start: float, unit: str, used: float) -> None:
+        """The store says ``used`` of ``unit`` were spent on ``group`` in the day starting
+        ``day_start``: the meter keeps the larger of that and its own count."""
+        self.backend.restore_day(group, day_start, unit, used)
 
 
 def _same_window(limit: Limit, window: Window) -> bool:

@@ -33,14 +33,14 @@ def _group_capacity(limits: list[Limit]) -> tuple[float, float]:
 
 
 def capacity(pool: KeyPool) -> Capacity:
-    """Sum over key groups (keys sharing a quota count once)."""
+    """Sum over key groups (keys sharing a quota count once), with the limits in force:
+    configured, learned from the provider, or lowered to what it announced."""
     per_minute = per_day = 0.0
     groups = pool.groups()
-    for key, group in groups:
+    for key, _ in groups:
         if key.state == "disabled":
             continue
-        limits = [m.limit for m in group.meters()]
-        minute, day = _group_capacity(limits)
+        minute, day = _group_capacity(list(pool.limiter.view(key.group_id).limits))
         per_minute += minute
         per_day += day
     return Capacity(per_minute, per_day, len(groups))

@@ -295,3 +295,66 @@ def test_a_bad_limit_option_is_a_config_error(options: dict[str, Any], says: str
 
 def test_repeated_keys_are_kept_once() -> None:
     assert secrets(KeyPool(["ka", "kb", "ka"])) == ["ka", "kb"]
+
+
+# -- where the meters live -----------------------------------------------------------------
+
+
+def test_no_usable_key_is_one_error_wherever_it_is_imported_from() -> None:
+    import paceline
+    from paceline.errors import NoUsableKey as FromErrors
+
+    assert NoUsableKey is FromErrors is paceline.NoUsableKey
+
+
+@pytest.mark.parametrize("url", [None, "", "local", " local "])
+def test_local_meters_are_the_default(url: str | None) -> None:
+    from paceline.meters import LocalBackend, open_meter_backend
+
+    backend = open_meter_backend(url)
+    assert isinstance(backend, LocalBackend)
+    assert not backend.shared
+
+
+def test_an_unknown_meter_backend_is_one_line_without_its_password() -> None:
+    from paceline.meters import open_meter_backend
+
+    with pytest.raises(ConfigError) as info:
+        open_meter_backend("memcached://user:hunter2@cache:11211")
+    message = str(info.value)
+    assert "hunter2" not in message
+    assert "redis://" in message
+    assert "\n" not in message
+
+
+def test_the_redis_meters_need_the_redis_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from paceline.meters import open_meter_backend
+
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if it were not installed
+    monkeypatch.delitem(sys.modules, "paceline.meters.redis", raising=False)
+    with pytest.raises(ConfigError) as info:
+        open_meter_backend("redis://127.0.0.1:6379/0")
+    assert str(info.value) == (
+        "the Redis limiter needs the redis extra: pip install 'paceline[redis]'"
+    )
+
+
+def test_the_limiter_and_the_meters_do_not_import_keys() -> None:
+    """keys imports the limiter, never the other way round (no import cycle)."""
+    import ast
+    from pathlib import Path
+
+    import paceline
+
+    root = Path(paceline.__file__).parent
+    for path in [root / "limiter.py", *sorted((root / "meters").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [alias.name for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            assert not any(name.split(".")[-1] == "keys" for name in names), (path, names)

@@ -19,7 +19,7 @@ from paceline.clock import FakeClock
 from paceline.feedback import Feedback, Verdict, Window
 from paceline.keys import Cost, Key, KeyPool, NoUsableKey
 from paceline.limiter import RECOVERY, Lease, QuotaWait, Stopping
-from paceline.limits import GcraMeter
+from paceline.meters.local import GcraMeter
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 #: Grant times are sums of many float intervals at epoch magnitude: a grant a few microseconds
@@ -789,3 +789,75 @@ async def test_describe_says_when_a_key_is_parked_for_the_run(clock: FakeClock) 
     (row,) = pool.describe(clock.time())
     assert row["state"] == "parked for this run"
     assert row["reason"] == "quota exhausted"
+
+
+async def test_describe_is_a_pure_read(clock: FakeClock) -> None:
+    pool = KeyPool(names(1), rpd=1500, tpm=1000, clock=clock)
+    bound(pool, clock)
+    start = pool.limiter.day_usage(clock.time())[0][1]
+    pool.limiter.restore_day(pool.keys[0].fingerprint, start, "requests", 100)
+    await pool.acquire(Cost(tokens=400))
+    tomorrow = utc(2023, 11, 15, 12)
+    assert pool.describe(tomorrow)[0]["today"][0]["used"] == 0  # a new day, to look at
+    assert pool.describe(clock.time())[0]["today"][0]["used"] == 101  # and today kept
+    assert pool.limiter._ready_at(pool.keys[0], Cost(tokens=700), T0) == pytest.approx(
+        T0 + 60, abs=0.01
+    )
+
+
+# -- what the engine persists and restores -------------------------------------------------
+
+
+async def test_day_usage_names_each_group_once_and_restore_keeps_the_larger_count(
+    clock: FakeClock,
+) -> None:
+    pool = KeyPool(names(2), rpd=10, limits=["5000 tokens/day"], shared=True, clock=clock)
+    bound(pool, clock)
+    leader = pool.keys[0].fingerprint
+    midnight = utc(2023, 11, 14)
+    assert pool.limiter.day_usage(clock.time()) == [
+        (leader, midnight, "tokens", 0.0),
+        (leader, midnight, "requests", 0.0),
+    ]
+    pool.limiter.restore_day(leader, midnight, "requests", 7)
+    pool.limiter.restore_day(leader, midnight, "requests", 3)  # an older write: keep 7
+    pool.limiter.restore_day(leader, midnight - 86400, "tokens", 4000)  # yesterday: no
+    await pool.acquire(Cost(tokens=100))
+    assert pool.limiter.day_usage(clock.time()) == [
+        (leader, midnight, "tokens", 100.0),
+        (leader, midnight, "requests", 8.0),
+    ]
+    for _ in range(2):
+        await pool.acquire()
+    run_out = asyncio.ensure_future(pool.acquire())
+    await drain()
+    assert not run_out.done()  # the eleventh waits for tomorrow
+    run_out.cancel()
+
+
+async def test_plan_capacity_uses_the_limits_in_force(clock: FakeClock) -> None:
+    from paceline.plan import capacity
+
+    pool = KeyPool(names(2), rpm=500, clock=clock)
+    bound(pool, clock)
+    assert capacity(pool).per_minute == 1000
+    lease = await pool.acquire()
+    pool.settle(lease, ok(windows=(window(limit=100, remaining=50, period=60.0),)))
+    assert capacity(pool).per_minute == 600  # the provider said 100 for this key
+    learned = KeyPool(names(1), clock=clock)
+    lease = await learned.acquire()
+    learned.settle(lease, ok(windows=(window(limit=1000, remaining=9, period=86400.0),)))
+    assert capacity(learned).per_day == 1000
+
+
+async def test_a_pool_bound_to_a_local_backend_keeps_its_keys_meters(clock: FakeClock) -> None:
+    from paceline.meters import open_meter_backend
+
+    pool = KeyPool(names(1), rpm=60, clock=clock)
+    backend = open_meter_backend("local", clock=clock)
+    pool.bind(clock, lambda message: None, backend=backend)
+    await pool.limiter.start()
+    await pool.acquire()
+    assert pool.limiter.backend is backend
+    assert pool.keys[0].group.gcra[0].tat == pytest.approx(T0 + 1)  # the key's own meter
+    await pool.limiter.aclose()

@@ -8,16 +8,8 @@ import datetime as dt
 import pytest
 
 from paceline.errors import ConfigError
-from paceline.limits import (
-    DayMeter,
-    GcraMeter,
-    Limit,
-    WindowMeter,
-    day_start,
-    next_day_start,
-    parse_limit,
-    zone,
-)
+from paceline.limits import Limit, day_start, next_day_start, parse_limit, zone
+from paceline.meters.local import DayMeter, GcraMeter, WindowMeter
 
 T0 = 1_700_000_000.0
 LA = "America/Los_Angeles"

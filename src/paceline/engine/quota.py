@@ -11,8 +11,11 @@ from collections.abc import Callable
 
 from paceline.clock import Clock
 from paceline.keys import KeyPool
+from paceline.meters import open_meter_backend
 from paceline.plan import capacity
-from paceline.store import KeyUsage, Store
+from paceline.store import KeyUsage
+
+from .storeio import StoreIO
 
 __all__ = ["DayUsage", "PoolRun"]
 
@@ -23,21 +26,34 @@ DayUsage = tuple[str, float, str, float]
 class PoolRun:
     """A key pool bound to one run."""
 
-    def __init__(self, pool: KeyPool, clock: Clock) -> None:
+    def __init__(self, pool: KeyPool, clock: Clock, limiter: str | None = None) -> None:
         self.pool = pool
         self.clock = clock
+        self.limiter_url = limiter
+        self.shared = bool(limiter) and limiter != "local"
 
     def bind(self, note: Callable[[str], None], *, until_quota: bool) -> None:
-        self.pool.bind(self.clock, note, stop_when_out_of_quota=until_quota)
+        """Attach the pool to the run, its meters in this process or shared (Redis)."""
+        backend = None
+        if self.shared:
+            # Redis's own clock orders every worker's reservations; a test's fake clock
+            # stays the limiter's clock for waiting.
+            backend = open_meter_backend(self.limiter_url)
+        self.pool.bind(self.clock, note, stop_when_out_of_quota=until_quota, backend=backend)
 
-    def restore_days(self, store: Store) -> None:
-        """Today's spent quota survives restarts: start each daily meter from it."""
-        now = self.clock.time()
-        for key, group in self.pool.groups():
-            for meter in group.day:
-                meter.used(now)  # rolls the window to today
-                spent = store.day_usage(key.fingerprint, meter.window_start)
-                meter.restore(spent.get(meter.limit.unit, 0.0), now)
+    async def start(self) -> None:
+        await self.pool.limiter.start()
+
+    async def aclose(self) -> None:
+        await self.pool.limiter.aclose()
+
+    async def restore_days(self, io: StoreIO) -> None:
+        """Today's spent quota survives restarts: start each daily meter from it (the
+        larger of the store's count and the shared meters')."""
+        limiter = self.pool.limiter
+        for group, start, unit, _ in limiter.day_usage(self.clock.time()):
+            spent = await io.call(io.store.day_usage, group, start)
+            limiter.restore_day(group, start, unit, spent.get(unit, 0.0))
 
     def usage(self) -> tuple[list[KeyUsage], list[DayUsage]]:
         """Per key, what changed since the last commit; per group, today's spent quota."""
@@ -54,12 +70,7 @@ class PoolRun:
             usage.append(
                 KeyUsage(k.fingerprint, k.masked, r, t, rl, e, k.state, until, k.reason, info)
             )
-        days = [
-            (key.fingerprint, meter.window_start, str(meter.limit.unit), meter.used(now))
-            for key, group in pool.groups()
-            for meter in group.day
-        ]
-        return usage, days
+        return usage, pool.limiter.day_usage(now)
 
     def describe(self) -> list[dict[str, object]]:
         return self.pool.describe(self.clock.time())

@@ -70,6 +70,7 @@ class Engine:
         per_day: int | None = None,
         budget: float | None = None,
         flush_interval: float = 0.2,
+        limiter: str | None = None,
     ) -> None:
         if job.task_fn is None:
             raise ConfigError(f"job {job.name!r} has no task: decorate a function with @job.task")
@@ -99,7 +100,7 @@ class Engine:
             progress=self.progress,
             state=self.state,
         )
-        self.pool = PoolRun(job.keys, clock) if job.keys is not None else None
+        self.pool = PoolRun(job.keys, clock, limiter) if job.keys is not None else None
         self.io = StoreIO(store_target, job.name, name="paceline-store")
         self.membership = Membership(
             store_target, job.name, self.worker_id, clock, self.state, self.progress,
@@ -146,6 +147,8 @@ class Engine:
             job, http, self.clock, state, self.progress, self.redact, self.max_concurrency
         )
         try:
+            if self.pool is not None:
+                await self.pool.start()
             await self._open()
             self._started = True
             dispatcher = self._dispatcher = Dispatcher(
@@ -229,7 +232,7 @@ class Engine:
         self.progress.duplicates = (await io.call(store.duplicates, 0))[0]
         await io.call(self.budgets.open, store, info.run_id)
         if self.pool is not None:
-            await io.call(self.pool.restore_days, store)
+            await self.pool.restore_days(io)
 
     def _open_sink(self) -> None:
         store = self.io.store
@@ -258,6 +261,8 @@ class Engine:
         try:
             if self._client is not None:
                 await self._client.aclose()
+            if self.pool is not None:
+                await self.pool.aclose()
             if self._attempts is not None:
                 self._attempts.close()
             if self.io.opened:

@@ -1,0 +1,591 @@
+"""The local meter backend: every meter in this process, for one process's run.
+
+The default for every job. Per key group:
+
+* request windows shorter than a day: GCRA (the generic cell rate algorithm). One number per
+  meter, the *theoretical arrival time*; a request reserves its cost by pushing it forward,
+  so concurrent requests get distinct send times and a burst can never exceed the limit.
+  The burst is small (:func:`~paceline.limits.default_burst`) and requests are spaced so
+  that no window of the limit's length ever holds more than the limit: with a burst of *b*,
+  the emission interval is ``window / (limit - b + 1)``;
+* token windows: a log of reservations, exact (one request may be a large share of the
+  window, where GCRA would either overrun or waste);
+* daily (and longer) windows: a counter that resets at midnight in a time zone (Gemini's
+  per-day quotas reset at midnight Pacific), because a daily quota is spent as fast as the
+  shorter limits allow, not spread evenly over the day;
+* ``N concurrent``: a count of requests in flight.
+
+Key states live here too. Everything is synchronous; the ``async`` calls of
+:class:`~paceline.meters.protocol.MeterBackend` never wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from paceline.clock import SYSTEM_CLOCK, Clock
+from paceline.limits import Cost, Limit, day_start, default_burst, next_day_start, zone
+
+from .protocol import (
+    MIN_FACTOR,
+    RECOVERY,
+    SLOWDOWN,
+    Answer,
+    DayUsage,
+    GroupSpec,
+    GroupView,
+    KeyState,
+    Refusal,
+    Reservation,
+    meter_id,
+)
+
+__all__ = [
+    "ConcurrencyMeter",
+    "DayMeter",
+    "GcraMeter",
+    "LocalBackend",
+    "LocalGroup",
+    "WindowMeter",
+]
+
+
+class GcraMeter:
+    """A sliding limit as GCRA: reserve now, send at the returned time.
+
+    ``factor`` (≤ 1) slows the meter down when the provider answers 429 although the meter
+    allowed the request (its real limit is lower than configured, or shared).
+    """
+
+    __slots__ = ("burst", "factor", "limit", "tat")
+
+    def __init__(self, limit: Limit, burst: int | None = None) -> None:
+        self.limit = limit
+        default = default_burst(limit)
+        self.burst = max(1, min(limit.count, default if burst is None else burst))
+        self.tat = 0.0  # theoretical arrival time: when the meter is "empty" again
+        self.factor = 1.0
+
+    def set_limit(self, limit: Limit) -> None:
+        """Replace the limit (learned from the provider), keeping what is reserved."""
+        self.limit = limit
+        self.burst = max(1, min(self.burst, default_burst(limit)))
+
+    @property
+    def interval(self) -> float:
+        """Seconds of the window one unit uses up."""
+        return self.limit.seconds / (self.limit.count - self.burst + 1) / self.factor
+
+    def _capacity(self, cost: float) -> float:
+        # A single request bigger than the burst (many tokens) may go when the meter is
+        # empty; it then waits out its own cost before the next one.
+        return max(self.burst, cost) * self.interval
+
+    def ready_at(self, cost: float, now: float) -> float:
+        """Earliest time a request of ``cost`` units fits."""
+        if cost <= 0:
+            return now
+        return max(now, self.tat + cost * self.interval - self._capacity(cost))
+
+    def reserve(self, cost: float, now: float) -> float:
+        """Take ``cost`` units; returns when the request may be sent."""
+        at = self.ready_at(cost, now)
+        if cost > 0:
+            self.tat = max(self.tat, at) + cost * self.interval
+        return at
+
+    def adjust(self, units: float) -> None:
+        """Settle: the request used ``units`` more (or, negative, fewer) than reserved."""
+        self.tat += units * self.interval
+
+    def used(self, now: float) -> float:
+        """Units counted in the current window (for display)."""
+        return max(0.0, self.tat - now) / self.interval if self.interval > 0 else 0.0
+
+    def exhaust_until(self, until: float) -> None:
+        """The provider says nothing is left before ``until``."""
+        self.tat = max(self.tat, until + self._capacity(1) - self.interval)
+
+
+#: Past a window's edge by this much, so a provider counting its window closed on both
+#: ends does not see the old request and the new one together.
+_EDGE = 0.001
+
+
+class WindowMeter:
+    """A sliding window kept as a log of reservations: for token limits.
+
+    One request may carry thousands of tokens, a large share of the limit; GCRA would then
+    either let a window hold the limit plus one request, or space requests by the largest
+    one. The log admits a request when the tokens reserved in the window ending at its send
+    time, plus its own, fit the limit: never more, and no slack lost.
+    """
+
+    __slots__ = ("entries", "factor", "last_entry", "limit", "total")
+
+    def __init__(self, limit: Limit) -> None:
+        self.limit = limit
+        self.entries: deque[list[float]] = deque()  # [send time, units], in time order
+        self.total = 0.0  # units in ``entries``
+        self.last_entry: list[float] | None = None  # the latest reservation, for its lease
+        self.factor = 1.0  # as GcraMeter's; token windows are not slowed down
+
+    def set_limit(self, limit: Limit) -> None:
+        self.limit = limit
+
+    def _forget(self, now: float) -> None:
+        horizon = now - self.limit.seconds
+        entries = self.entries
+        while entries and entries[0][0] <= horizon:
+            self.total -= entries.popleft()[1]
+
+    def ready_at(self, cost: float, now: float) -> float:
+        """Earliest time (not before the last reservation) ``cost`` fits the window."""
+        self._forget(now)
+        entries, window = self.entries, self.limit.seconds
+        at = max(now, entries[-1][0]) if entries else now
+        total = self.total
+        i = 0
+        while i < len(entries) and entries[i][0] <= at - window:
+            total -= entries[i][1]
+            i += 1
+        # Slide the window's end forward past the oldest reservations until the cost fits
+        # (a request larger than the whole limit goes alone into an empty window).
+        while total + cost > self.limit.count and i < len(entries):
+            at = max(at, entries[i][0] + window + _EDGE)
+            total -= entries[i][1]
+            i += 1
+        return at
+
+    def reserve(self, cost: float, now: float) -> float:
+        at = self.ready_at(cost, now)
+        self.last_entry = None
+        if cost > 0:
+            self.last_entry = [at, cost]
+            self.entries.append(self.last_entry)
+            self.total += cost
+        return at
+
+    def adjust_entry(self, entry: list[float], units: float) -> None:
+        """Settle one reservation (its lease's), not whichever came last."""
+        change = max(-entry[1], units)
+        entry[1] += change
+        self.total += change
+
+    def adjust(self, units: float) -> None:
+        """Settle the latest reservations up (more used) or down (fewer, or refused)."""
+        entries = self.entries
+        if units >= 0:
+            if entries:
+                entries[-1][1] += units
+                self.total += units
+            return
+        for entry in reversed(entries):
+            take = min(entry[1], -units)
+            entry[1] -= take
+            self.total -= take
+            units += take
+            if units >= 0:
+                break
+
+    def used(self, now: float) -> float:
+        """Units sent in the window ending ``now`` (for display: changes nothing)."""
+        start = now - self.limit.seconds
+        return sum(units for at, units in self.entries if start < at <= now)
+
+    def exhaust_until(self, until: float) -> None:
+        """Nothing fits before ``until``: a full window's worth ending just then."""
+        start = until - self.limit.seconds
+        if not self.entries or self.entries[-1][0] <= start:
+            self.entries.append([start, float(self.limit.count)])
+            self.total += self.limit.count
+
+
+class DayMeter:
+    """Units per calendar day (or N days) in a time zone, as a counter."""
+
+    __slots__ = ("limit", "reset_at", "tz", "used_units", "window_start")
+
+    def __init__(self, limit: Limit, tz: dt.tzinfo) -> None:
+        self.limit = limit
+        self.tz = tz
+        self.used_units = 0.0
+        self.window_start = -math.inf
+        self.reset_at = -math.inf
+
+    def _end(self, start: float) -> float:
+        end = start
+        for _ in range(max(1, round(self.limit.seconds / 86400))):
+            end = next_day_start(end, self.tz)
+        return end
+
+    def _roll(self, now: float) -> None:
+        if now >= self.reset_at:
+            self.window_start = day_start(now, self.tz)
+            self.reset_at = self._end(self.window_start)
+            self.used_units = 0.0
+
+    def ready_at(self, cost: float, now: float) -> float:
+        self._roll(now)
+        if self.used_units + cost <= self.limit.count or self.used_units == 0:
+            return now
+        return self.reset_at
+
+    def reserve(self, cost: float, now: float) -> float:
+        at = self.ready_at(cost, now)
+        if at <= now:
+            self.used_units += cost
+        return at
+
+    def adjust(self, units: float) -> None:
+        self.used_units = max(0.0, self.used_units + units)
+
+    def used(self, now: float) -> float:
+        """Units counted today; rolls the window to ``now``'s day first (for display,
+        :meth:`window` changes nothing)."""
+        self._roll(now)
+        return self.used_units
+
+    def window(self, now: float) -> tuple[float, float, float]:
+        """``(start, reset, used)`` of the window holding ``now``, changing nothing."""
+        if now < self.reset_at:
+            return self.window_start, self.reset_at, self.used_units
+        start = day_start(now, self.tz)
+        return start, self._end(start), 0.0
+
+    def exhaust_until(self, until: float) -> None:
+        self.used_units = float(self.limit.count)
+        self.reset_at = max(self.reset_at, until)
+
+    def restore(self, used: float, now: float) -> None:
+        """Start from what the store says was spent today (keeping the larger count)."""
+        self._roll(now)
+        self.used_units = max(self.used_units, used)
+
+    def restore_day(self, start: float, used: float) -> None:
+        """As :meth:`restore`, for the window starting ``start``; an older one is ignored."""
+        if start > self.window_start and start >= self.reset_at:
+            self._roll(start)
+        if start == self.window_start:
+            self.used_units = max(self.used_units, used)
+
+
+class ConcurrencyMeter:
+    """At most ``limit.count`` requests in flight."""
+
+    __slots__ = ("in_flight", "limit")
+
+    def __init__(self, limit: Limit) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    @property
+    def full(self) -> bool:
+        return self.in_flight >= self.limit.count
+
+
+Meter = GcraMeter | WindowMeter | DayMeter
+
+
+def _window_meter(limit: Limit) -> GcraMeter | WindowMeter:
+    # Request limits pace as GCRA; token limits, where one request can be a large share of
+    # the window, as a log of reservations.
+    return WindowMeter(limit) if limit.unit == "tokens" else GcraMeter(limit)
+
+
+class LocalGroup:
+    """The meters of one key group in this process (a key's ``group``)."""
+
+    __slots__ = ("_ids", "concurrency", "day", "gcra", "learned", "slowed_at", "spec", "tz")
+
+    def __init__(self, spec: GroupSpec) -> None:
+        self.spec = spec
+        self.tz: dt.tzinfo = zone(spec.tz)
+        limits = spec.limits
+        self.gcra: list[GcraMeter | WindowMeter] = [
+            _window_meter(lim) for lim in limits if lim.unit != "concurrent" and not lim.daily
+        ]
+        self.day: list[DayMeter] = [DayMeter(lim, self.tz) for lim in limits if lim.daily]
+        conc = [lim for lim in limits if lim.unit == "concurrent"]
+        self.concurrency = ConcurrencyMeter(min(conc, key=lambda x: x.count)) if conc else None
+        self.learned: list[Limit] = []
+        self.slowed_at = 0.0
+        self._ids: tuple[str, ...] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def meters(self) -> list[Meter]:
+        """The window and day meters (not the concurrency count)."""
+        return [*self.gcra, *self.day]
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.gcra or self.day or self.concurrency)
+
+    def ids(self) -> tuple[str, ...]:
+        if self._ids is None:
+            self._ids = tuple(meter_id(m.limit) for m in self.meters())
+        return self._ids
+
+    def ready_at(self, cost: Cost, now: float) -> float:
+        """Earliest time every meter admits ``cost``."""
+        at = now
+        requests, tokens = float(cost.requests), float(cost.tokens)
+        for meter in self.gcra:
+            ready = meter.ready_at(tokens if meter.limit.unit == "tokens" else requests, now)
+            if ready > at:
+                at = ready
+        for day in self.day:
+            ready = day.ready_at(tokens if day.limit.unit == "tokens" else requests, now)
+            if ready > at:
+                at = ready
+        return at
+
+    def learn(self, limit: Limit) -> None:
+        same = [m for m in self.meters() if meter_id(m.limit) == meter_id(limit)]
+        if not same:
+            if limit.daily:
+                self.day.append(DayMeter(limit, self.tz))
+            else:
+                self.gcra.append(_window_meter(limit))
+            self.learned.append(limit)
+            self._ids = None
+        for meter in same:
+            if limit.count < meter.limit.count:
+                lowered = Limit(limit.count, meter.limit.seconds, meter.limit.unit)
+                if isinstance(meter, DayMeter):
+                    meter.limit = lowered
+                else:
+                    meter.set_limit(lowered)
+
+    def slow_down(self, now: float) -> None:
+        for meter in self.gcra:
+            if meter.limit.unit == "requests":
+                meter.factor = max(MIN_FACTOR, meter.factor * SLOWDOWN)
+        self.slowed_at = now
+
+    def recover(self, now: float) -> None:
+        slowed = [meter for meter in self.gcra if meter.factor < 1.0]
+        if not slowed:
+            return
+        gained = (now - self.slowed_at) / RECOVERY
+        for meter in slowed:  # every slowed meter, each by the whole time since
+            meter.factor = min(1.0, meter.factor + gained * (1 - MIN_FACTOR))
+        self.slowed_at = now
+
+    def view(self, now: float) -> GroupView:
+        limits = [m.limit for m in self.meters()]
+        if self.concurrency is not None:
+            limits.append(self.concurrency.limit)
+        today = []
+        for day in self.day:
+            start, reset, used = day.window(now)
+            today.append(DayUsage(day.limit, start, reset, used))
+        return GroupView(
+            self.id,
+            tuple(limits),
+            tuple(self.learned),
+            tuple(today),
+            self.concurrency.in_flight if self.concurrency is not None else 0,
+            min((m.factor for m in self.gcra), default=1.0),
+        )
+
+
+_READY = KeyState()
+
+
+class LocalBackend:
+    """Meters in this process: exact, immediate, and seen by this process only.
+
+    >>> backend = LocalBackend()
+    >>> backend.attach([GroupSpec("fp1", (Limit(60, 60.0),))])
+    """
+
+    shared = False
+    server_clock = False
+
+    def __init__(self, groups: Iterable[LocalGroup] = (), clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        self._groups: dict[str, LocalGroup] = {}
+        self._states: dict[str, KeyState] = {}
+        self._ids = itertools.count(1)
+        self.adopt(groups)
+
+    def adopt(self, groups: Iterable[LocalGroup]) -> None:
+        """Meter with these very groups (a pool's keys keep theirs); the first one of an id
+        stays."""
+        for group in groups:
+            self._groups.setdefault(group.id, group)
+
+    def attach(self, groups: Sequence[GroupSpec]) -> None:
+        for spec in groups:
+            if spec.id not in self._groups:
+                self._groups[spec.id] = LocalGroup(spec)
+
+    def group(self, group: str) -> LocalGroup:
+        """The meters of ``group`` (for tests and the legacy ``key.group`` readers)."""
+        return self._groups[group]
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def refresh(self) -> None:
+        return None
+
+    def _now(self, now: float | None) -> float:
+        return self.clock.time() if now is None else now
+
+    # -- admission ---------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        group: str,
+        key: str,
+        cost: Cost,
+        *,
+        horizon: float,
+        take_slot: bool = True,
+        now: float | None = None,
+    ) -> Answer:
+        now = self._now(now)
+        state = self._states.get(key, _READY)
+        if state.state == "disabled":
+            return Answer(now, now, None, Refusal.KEY, state)
+        g = self._groups[group]
+        conc = g.concurrency
+        if conc is not None and conc.full:
+            return Answer(now, now, None, Refusal.FULL, state)
+        # A cooling key sends later than its meters would allow: reserve at that time, so
+        # requests held back do not go as a burst.
+        at = state.until if state.state in ("cooling", "parked") and state.until > now else now
+        requests, tokens = float(cost.requests), float(cost.tokens)
+        day_later = False
+        for meter in g.gcra:
+            ready = meter.ready_at(tokens if meter.limit.unit == "tokens" else requests, now)
+            if ready > at:
+                at = ready
+        for day in g.day:
+            ready = day.ready_at(tokens if day.limit.unit == "tokens" else requests, now)
+            if ready > now:
+                day_later = True
+                if ready > at:
+                    at = ready
+        if at - now > horizon or day_later:
+            # Far ahead, or in a day not begun: reserve nothing (a request counted today
+            # but sent tomorrow would escape both days' counts).
+            return Answer(now, at, None, Refusal.LATER, state)
+        held: list[tuple[Meter, list[float] | None]] = []
+        for meter in g.gcra:
+            meter.reserve(tokens if meter.limit.unit == "tokens" else requests, at)
+            held.append((meter, meter.last_entry if isinstance(meter, WindowMeter) else None))
+        for day in g.day:
+            day.reserve(tokens if day.limit.unit == "tokens" else requests, now)
+            held.append((day, None))
+        slot = False
+        if conc is not None and take_slot and at <= now:
+            conc.in_flight += 1
+            slot = True
+        reservation = Reservation(
+            str(next(self._ids)), group, key, at, cost, g.ids(), slot, handle=held
+        )
+        return Answer(now, at, reservation, None, state)
+
+    async def begin(self, reservation: Reservation, *, now: float | None = None) -> Answer:
+        now = self._now(now)
+        state = self._states.get(reservation.key, _READY)
+        if state.blocks(now):  # the key went bad while the request waited
+            self.refund(reservation, reservation.cost.tokens)
+            return Answer(now, now, None, Refusal.KEY, state)
+        conc = self._groups[reservation.group].concurrency
+        if conc is None or reservation.slot:
+            return Answer(now, reservation.at, reservation, None, state)
+        if conc.full:  # taken while it waited
+            self.refund(reservation, reservation.cost.tokens)
+            return Answer(now, now, None, Refusal.FULL, state)
+        conc.in_flight += 1
+        return Answer(now, reservation.at, dataclasses.replace(reservation, slot=True), None, state)
+
+    def estimate(self, group: str, cost: Cost, now: float) -> tuple[bool, float]:
+        g = self._groups[group]
+        conc = g.concurrency
+        return conc is not None and conc.full, g.ready_at(cost, now)
+
+    # -- settling ----------------------------------------------------------------------
+
+    def release(self, reservation: Reservation) -> None:
+        conc = self._groups[reservation.group].concurrency
+        if reservation.slot and conc is not None:
+            conc.in_flight -= 1
+
+    def _held(self, reservation: Reservation) -> Sequence[tuple[Meter, list[float] | None]]:
+        held: Sequence[tuple[Meter, list[float] | None]] | None = reservation.handle
+        return held or ()
+
+    def settle(self, reservation: Reservation, held: float, used: float) -> None:
+        delta = used - held
+        if not delta:
+            return
+        entries: dict[int, list[float]] | None = None
+        for meter in self._groups[reservation.group].meters():
+            if meter.limit.unit != "tokens":
+                continue
+            if isinstance(meter, WindowMeter):
+                if entries is None:
+                    entries = {id(m): e for m, e in self._held(reservation) if e is not None}
+                entry = entries.get(id(meter))
+                if entry is not None:  # its own reservation, not whichever came last
+                    meter.adjust_entry(entry, delta)
+            else:
+                meter.adjust(delta)
+
+    def refund(self, reservation: Reservation, held: float) -> None:
+        cost = reservation.cost
+        for meter, entry in self._held(reservation):
+            units = held if meter.limit.unit == "tokens" else float(cost.requests)
+            if isinstance(meter, WindowMeter):
+                if entry is not None:
+                    meter.adjust_entry(entry, -units)
+            else:
+                meter.adjust(-units)
+
+    # -- what answers teach ------------------------------------------------------------
+
+    def key_state(self, key: str) -> KeyState:
+        return self._states.get(key, _READY)
+
+    def set_key_state(self, key: str, state: KeyState) -> None:
+        self._states[key] = self._states.get(key, _READY).merge(state)
+
+    def learn(self, group: str, limit: Limit) -> None:
+        self._groups[group].learn(limit)
+
+    def exhaust(self, group: str, meter: str, until: float) -> None:
+        for m in self._groups[group].meters():
+            if meter_id(m.limit) == meter:
+                m.exhaust_until(until)
+
+    def slow_down(self, group: str, now: float | None = None) -> None:
+        self._groups[group].slow_down(self._now(now))
+
+    def recover(self, group: str, now: float | None = None) -> None:
+        self._groups[group].recover(self._now(now))
+
+    # -- daily usage and display -------------------------------------------------------
+
+    def restore_day(self, group: str, day_start: float, unit: str, used: float) -> None:
+        for day in self._groups[group].day:
+            if day.limit.unit == unit:
+                day.restore_day(day_start, used)
+
+    def view(self, group: str, now: float) -> GroupView:
+        return self._groups[group].view(now)

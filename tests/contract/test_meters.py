@@ -1,0 +1,416 @@
+"""One contract for every meter backend: the local one and Redis (on a fake clock).
+
+Each test talks to a backend the way the limiter does, passing ``now`` explicitly. A
+``peer`` is another worker's backend: a second Redis connection with the same prefix (for
+the local backend, the same meters: nothing is shared beyond the process).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import itertools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from paceline.clock import FakeClock
+from paceline.limits import Cost, Limit, default_burst, parse_limit
+from paceline.meters import (
+    GroupSpec,
+    KeyState,
+    LocalBackend,
+    MeterBackend,
+    Refusal,
+    Reservation,
+    open_meter_backend,
+)
+from paceline.meters.protocol import RECOVERY
+
+T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+MIDNIGHT = dt.datetime(2023, 11, 15, tzinfo=dt.UTC).timestamp()
+FAR = 1e9  # a horizon nothing is beyond
+#: Send times are sums of many float intervals at epoch magnitude (Redis keeps microseconds).
+EPSILON = 1e-3
+KEY = "fp-key-1"
+
+
+@dataclass
+class Meters:
+    backend: MeterBackend
+    peer: Callable[[], MeterBackend]
+    shared: bool
+
+    def group(
+        self, *limits: str, gid: str = "g1", tz: str | None = None, keys: tuple[str, ...] = (KEY,)
+    ) -> str:
+        spec = GroupSpec(gid, tuple(parse_limit(x) for x in limits), tz, keys)
+        self.backend.attach([spec])
+        self._spec = spec
+        return gid
+
+    def other(self) -> MeterBackend:
+        """Another worker, meters attached."""
+        peer = self.peer()
+        peer.attach([self._spec])
+        return peer
+
+    async def reserve(
+        self, cost: Cost | None = None, now: float = T0, horizon: float = FAR
+    ) -> Reservation:
+        answer = await self.backend.reserve("g1", KEY, cost or Cost(), horizon=horizon, now=now)
+        assert answer.reservation is not None, answer
+        return answer.reservation
+
+
+@pytest.fixture(params=["local", "redis"])
+async def meters(request: pytest.FixtureRequest) -> AsyncIterator[Meters]:
+    clock = FakeClock(start=T0)
+    if request.param == "local":
+        local = LocalBackend(clock=clock)
+        yield Meters(local, lambda: local, shared=False)
+        return
+    target = request.getfixturevalue("redis_url")
+    made: list[MeterBackend] = []
+
+    def connect() -> MeterBackend:
+        backend = open_meter_backend(target.url, prefix=target.prefix, clock=clock)
+        made.append(backend)
+        return backend
+
+    yield Meters(connect(), connect, shared=True)
+    for backend in made:
+        await backend.aclose()
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The most of ``times`` that any half-open window ``[s, s + window)`` holds."""
+    times = sorted(times)
+    return max(
+        bisect.bisect_left(times, t + window - EPSILON) - bisect.bisect_left(times, t)
+        for t in times
+    )
+
+
+def tokens_in_worst_window(sent: list[tuple[float, int]], window: float) -> int:
+    return max(
+        sum(size for at, size in sent if start <= at < start + window - EPSILON)
+        for start, _ in sent
+    )
+
+
+# -- request windows (GCRA) ----------------------------------------------------------------
+
+
+async def test_a_small_burst_goes_at_once_then_requests_are_spaced(meters: Meters) -> None:
+    meters.group("600/minute")
+    burst = default_burst(Limit(600, 60.0))
+    interval = 60.0 / (600 - burst + 1)
+    times = [(await meters.reserve()).at for _ in range(burst + 3)]
+    assert times[:burst] == [T0] * burst
+    gaps = [b - a for a, b in zip(times[burst - 1 :], times[burst:], strict=False)]
+    assert gaps == pytest.approx([interval] * 3, abs=1e-5)
+
+
+async def test_a_saturated_request_window_never_overruns_and_keeps_the_rate(
+    meters: Meters,
+) -> None:
+    meters.group("120/minute")
+    times: list[float] = []
+    now = T0
+    while now < T0 + 180:
+        at = (await meters.reserve(now=now)).at
+        times.append(at)
+        now = at  # the next request is asked for when this one is sent
+    assert max_in_window(times, 60.0) <= 120
+    assert sum(T0 + 60 <= t < T0 + 120 for t in times) >= 0.98 * 120
+
+
+async def test_a_reservation_beyond_the_horizon_is_refused_and_takes_nothing(
+    meters: Meters,
+) -> None:
+    meters.group("60/minute")  # one a second, burst 1
+    await meters.reserve()
+    await meters.reserve()  # at T0 + 1
+    answer = await meters.backend.reserve("g1", KEY, Cost(), horizon=0.5, now=T0)
+    assert answer.reservation is None
+    assert answer.refusal is Refusal.LATER
+    assert answer.at == pytest.approx(T0 + 2)
+    assert (await meters.reserve()).at == pytest.approx(T0 + 2)  # nothing was taken
+
+
+async def test_a_refund_gives_the_slot_back(meters: Meters) -> None:
+    meters.group("60/minute")
+    await meters.reserve()
+    second = await meters.reserve()
+    assert second.at == pytest.approx(T0 + 1)
+    meters.backend.refund(second, 0)
+    assert (await meters.reserve()).at == pytest.approx(T0 + 1)
+
+
+async def test_an_exhausted_window_admits_nothing_before_its_reset(meters: Meters) -> None:
+    meters.group("500/minute", "1000 tokens/minute")
+    meters.backend.exhaust("g1", "r60", T0 + 42)
+    assert (await meters.reserve()).at == pytest.approx(T0 + 42)
+    meters.backend.exhaust("g1", "t60", T0 + 50)
+    assert (await meters.reserve(Cost(tokens=10))).at == pytest.approx(T0 + 50, abs=0.01)
+
+
+# -- token windows -------------------------------------------------------------------------
+
+
+async def test_a_token_window_is_never_overrun(meters: Meters) -> None:
+    meters.group("10000 tokens/minute")
+    sizes = [37, 900, 5, 2500, 120, 64, 1800, 3, 777] * 12
+    sent = []
+    for size in sizes:
+        sent.append(((await meters.reserve(Cost(tokens=size))).at, size))
+    assert tokens_in_worst_window(sent, 60.0) <= 10_000
+    # and it is used: a hundred-odd requests over about ten windows, not more
+    assert max(at for at, _ in sent) < T0 + 60 * (sum(sizes) / 10_000 + 1.5)
+
+
+async def test_settling_fewer_tokens_lets_the_next_request_go_earlier(meters: Meters) -> None:
+    meters.group("1000 tokens/minute")
+    first = await meters.reserve(Cost(tokens=800))
+    meters.backend.settle(first, 800, 100)  # the answer said 100 were used
+    assert (await meters.reserve(Cost(tokens=800))).at == T0
+
+
+async def test_settling_more_tokens_pushes_the_next_request_back(meters: Meters) -> None:
+    meters.group("1000 tokens/minute")
+    first = await meters.reserve(Cost(tokens=100))
+    meters.backend.settle(first, 100, 900)
+    later = await meters.reserve(Cost(tokens=200))
+    assert later.at >= T0 + 60  # 900 + 200 do not fit one window
+    assert later.at <= T0 + 61  # and no later than the window allows (buckets: ≤ 1 %)
+
+
+# -- daily counters ------------------------------------------------------------------------
+
+
+async def test_a_day_counter_waits_for_midnight_and_restore_keeps_the_larger_count(
+    meters: Meters,
+) -> None:
+    meters.group("5/day")
+    start = meters.backend.view("g1", T0).today[0].day_start
+    assert start == dt.datetime(2023, 11, 14, tzinfo=dt.UTC).timestamp()
+    meters.backend.restore_day("g1", start, "requests", 3)
+    meters.backend.restore_day("g1", start, "requests", 1)  # the store lags: keep 3
+    await meters.reserve()
+    await meters.reserve()
+    answer = await meters.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)
+    assert answer.refusal is Refusal.LATER  # nothing is reserved for tomorrow
+    assert answer.at == MIDNIGHT
+    (today,) = meters.backend.view("g1", T0).today
+    assert (today.used, today.limit.count, today.resets_at) == (5, 5, MIDNIGHT)
+    assert (await meters.reserve(now=MIDNIGHT)).at == MIDNIGHT
+    assert meters.backend.view("g1", MIDNIGHT).today[0].used == 1
+
+
+async def test_a_day_counter_resets_at_midnight_in_its_time_zone(meters: Meters) -> None:
+    meters.group("1/day", tz="America/Los_Angeles")
+    la_midnight = dt.datetime(2023, 11, 15, 8, tzinfo=dt.UTC).timestamp()
+    await meters.reserve()
+    answer = await meters.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)
+    assert answer.at == la_midnight
+
+
+# -- concurrency ---------------------------------------------------------------------------
+
+
+async def test_concurrency_slots_are_taken_and_released(meters: Meters) -> None:
+    meters.group("2 concurrent")
+    first, second = await meters.reserve(), await meters.reserve()
+    assert first.slot and second.slot
+    answer = await meters.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)
+    assert answer.refusal is Refusal.FULL
+    assert meters.backend.view("g1", T0).in_flight == 2
+    meters.backend.release(first)
+    assert (await meters.reserve()).slot
+
+
+async def test_a_request_sent_later_takes_its_slot_when_it_begins(meters: Meters) -> None:
+    meters.group("60/minute", "1 concurrent")
+    first = await meters.reserve()
+    meters.backend.release(first)
+    later = await meters.reserve()  # at T0 + 1: no slot yet
+    assert later.at == pytest.approx(T0 + 1)
+    assert not later.slot
+    begun = await meters.backend.begin(later, now=T0 + 1)
+    assert begun.reservation is not None
+    assert begun.reservation.slot
+    answer = await meters.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=T0 + 1)
+    assert answer.refusal is Refusal.FULL
+
+
+async def test_a_dead_workers_slots_expire(meters: Meters) -> None:
+    if not meters.shared:
+        pytest.skip("in-process slots go with their process")
+    meters.group("1 concurrent")
+    await meters.reserve()  # never released: its worker died
+    refused = await meters.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=T0 + 1)
+    assert refused.refusal is Refusal.FULL
+    assert (await meters.reserve(now=T0 + 31)).slot  # after the slot's 30 s lifetime
+
+
+# -- key states ----------------------------------------------------------------------------
+
+
+async def test_a_cooling_key_sends_when_its_cooling_ends(meters: Meters) -> None:
+    meters.group("60/minute")
+    meters.backend.set_key_state(KEY, KeyState("cooling", T0 + 10))
+    assert (await meters.reserve()).at == pytest.approx(T0 + 10)
+
+
+async def test_key_state_rules_hold_and_every_worker_sees_them(meters: Meters) -> None:
+    meters.group("60/minute")
+    backend = meters.backend
+    backend.set_key_state(KEY, KeyState("parked", T0 + 100, "daily quota exhausted"))
+    backend.set_key_state(KEY, KeyState("cooling", T0 + 5))  # a short rest: still parked
+    assert backend.key_state(KEY) == KeyState("parked", T0 + 100, "daily quota exhausted")
+    answer = await backend.reserve("g1", KEY, Cost(), horizon=30, now=T0)
+    assert answer.refusal is Refusal.LATER
+    assert answer.at == pytest.approx(T0 + 100)
+    peer = meters.other()
+    await backend.refresh()  # sends what is queued
+    await peer.refresh()
+    assert peer.key_state(KEY) == KeyState("parked", T0 + 100, "daily quota exhausted")
+
+    backend.set_key_state(KEY, KeyState("disabled", 0.0, "key rejected (HTTP 401)"))
+    backend.set_key_state(KEY, KeyState("cooling", T0 + 500))  # disabled is final
+    await backend.refresh()
+    await peer.refresh()
+    for worker in (backend, peer):
+        assert worker.key_state(KEY).state == "disabled"
+        assert worker.key_state(KEY).reason == "key rejected (HTTP 401)"
+    refused = await peer.reserve("g1", KEY, Cost(), horizon=FAR, now=T0 + 1000)
+    assert refused.refusal is Refusal.KEY
+    assert refused.reservation is None
+
+
+async def test_a_key_that_goes_bad_while_a_request_waits_refunds_it(meters: Meters) -> None:
+    meters.group("60/minute", "4 concurrent")
+    await meters.reserve()
+    waiting = await meters.reserve()  # at T0 + 1
+    meters.backend.set_key_state(KEY, KeyState("cooling", T0 + 20))
+    answer = await meters.backend.begin(waiting, now=T0 + 1)
+    assert answer.refusal is Refusal.KEY
+    meters.backend.set_key_state(KEY, KeyState("ready"))
+    assert (await meters.reserve(now=T0 + 20)).at == pytest.approx(T0 + 20)
+
+
+# -- what answers teach, for every worker --------------------------------------------------
+
+
+async def test_learned_and_lowered_limits_are_seen_by_every_worker(meters: Meters) -> None:
+    meters.group("500/minute", "10000/day")
+    backend = meters.backend
+    backend.learn("g1", Limit(100, 60.0))  # announced lower than configured
+    backend.learn("g1", Limit(800, 60.0))  # a higher announcement does not raise it
+    backend.learn("g1", Limit(20000, 3600.0))  # announced, never configured
+    expected = ["100/minute", "20000/hour", "10000/day"]
+    assert [lim.describe() for lim in backend.view("g1", T0).limits] == expected
+    peer = meters.other()
+    await backend.refresh()
+    await peer.refresh()
+    view = peer.view("g1", T0)
+    assert [lim.describe() for lim in view.limits] == expected
+    assert [lim.describe() for lim in view.learned] == ["20000/hour"]
+    # and the peer's reservations are paced by them: 100/minute has a burst of 2
+    times = [(await peer.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)).at for _ in range(3)]
+    assert times[2] - times[1] == pytest.approx(60.0 / 99, abs=1e-5)
+
+
+async def test_workers_configured_differently_share_the_lower_limit_while_both_ask(
+    meters: Meters,
+) -> None:
+    if not meters.shared:
+        pytest.skip("each pool has its own in-process meters")
+    meters.group("600/minute")
+    backend = meters.backend
+    other = meters.peer()  # a job configured for the same key at 120/minute
+    other.attach([GroupSpec("g1", (Limit(120, 60.0),), None, (KEY,))])
+
+    def limits(now: float) -> list[str]:
+        return [lim.describe() for lim in backend.view("g1", now).limits]
+
+    await meters.reserve()
+    await other.reserve("g1", KEY, Cost(), horizon=FAR, now=T0 + 1)
+    await meters.reserve(now=T0 + 2)
+    assert limits(T0 + 2) == ["120/minute"]
+    await meters.reserve(now=T0 + 62)  # the other job stopped asking a minute ago
+    assert limits(T0 + 62) == ["600/minute"]
+    backend.learn("g1", Limit(300, 60.0))  # what the provider says holds, whoever joins
+    await other.reserve("g1", KEY, Cost(), horizon=FAR, now=T0 + 63)
+    await other.reserve("g1", KEY, Cost(), horizon=FAR, now=T0 + 200)  # alone again
+    assert [lim.describe() for lim in other.view("g1", T0 + 200).limits] == ["120/minute"]
+    await meters.reserve(now=T0 + 201)
+    await meters.reserve(now=T0 + 300)
+    assert limits(T0 + 300) == ["300/minute"]
+
+
+async def test_a_slowed_group_is_slow_for_every_worker_and_recovers(meters: Meters) -> None:
+    meters.group("60/minute")
+    backend = meters.backend
+    backend.slow_down("g1", now=T0)
+    backend.slow_down("g1", now=T0)
+    assert backend.view("g1", T0).factor == pytest.approx(0.85**2)
+    peer = meters.other()
+    await backend.refresh()
+    await peer.refresh()
+    assert peer.view("g1", T0).factor == pytest.approx(0.85**2, abs=1e-5)
+    await peer.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)
+    second = await peer.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)
+    assert second.at == pytest.approx(T0 + 1 / 0.85**2, abs=1e-4)
+    backend.recover("g1", now=T0 + RECOVERY)
+    await backend.refresh()
+    await peer.refresh()
+    assert peer.view("g1", T0 + RECOVERY).factor == 1.0
+
+
+async def test_views_change_nothing(meters: Meters) -> None:
+    meters.group("60/minute", "100 tokens/minute", "10/day", "2 concurrent")
+    first = await meters.reserve(Cost(tokens=50))
+    before = meters.backend.view("g1", T0 + 30)
+    for later in (T0 + 30, T0 + 90, MIDNIGHT + 5, T0 + 30):
+        meters.backend.view("g1", later)
+    assert meters.backend.view("g1", T0 + 30) == before
+    assert before.today[0].used == 1
+    assert before.in_flight == 1
+    meters.backend.release(first)
+
+
+# -- Redis losing its state ----------------------------------------------------------------
+
+
+async def test_meters_lost_with_redis_start_again_conservatively(
+    meters: Meters, request: pytest.FixtureRequest
+) -> None:
+    if not meters.shared:
+        pytest.skip("in-process meters are lost only with their process")
+    import redis
+
+    meters.group("600/minute", keys=(KEY, "fp-key-2"))  # a burst of 7
+    before = [(await meters.reserve()).at for _ in range(9)]
+    assert before[:7] == [T0] * 7
+    backend = meters.backend
+    backend.learn("g1", Limit(300, 60.0))
+    backend.set_key_state("fp-key-2", KeyState("disabled", 0.0, "key rejected"))
+    await backend.refresh()
+    target = request.getfixturevalue("redis_url")
+    client = redis.Redis.from_url(target.url)
+    for name in client.scan_iter(match=f"{target.prefix}*"):  # as a restart would
+        client.delete(name)
+    client.close()
+
+    after = [(await meters.reserve(now=T0 + 1)).at for _ in range(4)]
+    # not before what this worker had reserved, plus a grace for what others had; no burst
+    assert after[0] >= max(T0 + 1, before[-1]) + 1.0
+    assert all(b - a >= 60 / 600 for a, b in itertools.pairwise(after))
+    await backend.refresh()  # what it had learned went back with its next calls
+    peer = meters.other()
+    await peer.refresh()
+    assert [lim.describe() for lim in peer.view("g1", T0 + 1).limits] == ["300/minute"]
+    assert peer.key_state("fp-key-2").state == "disabled"
