@@ -102,3 +102,43 @@ def write_worker_job(
         WORKER_JOB.format(sink=sink_code, concurrency=concurrency, low=latency[0], high=latency[1])
     )
     return job
+
+
+# Workers sharing a pool of keys on the simulated provider: the store and the rows in
+# PostgreSQL (PG_DSN), the keys' meters where --limiter says.
+SHARED_KEYS_JOB = """
+import os
+from pathlib import Path
+
+import paceline as pl
+
+HERE = Path(__file__).parent
+job = pl.Job(
+    "sharedkeys",
+    source=pl.JSONL(HERE / "items.jsonl", id="id"),
+    sink=pl.PostgresSink(os.environ["PG_DSN"], table="results"),
+    keys=pl.KeyPool({keys!r}, rpm={rpm}),
+    concurrency=2,  # few claimed at a time: the items spread over the workers
+    retries=8,
+    backoff=pl.Backoff(base=0.2, cap=2),
+)
+
+
+@job.task
+async def work(item, ctx):
+    body = {{"model": "m", "messages": [{{"role": "user", "content": item.id}}]}}
+    r = await ctx.http.post(os.environ["SIM_URL"] + "/v1/chat/completions", json=body)
+    r.raise_for_status()
+    return {{"answer": r.json()["choices"][0]["message"]["content"]}}
+"""
+
+SHARED_KEYS = ["sk-test-shared-aaaaaaaa0001", "sk-test-shared-bbbbbbbb0002"]
+
+
+def write_shared_keys_job(folder: Path, items: int, *, rpm: int) -> Path:
+    with (folder / "items.jsonl").open("w") as f:
+        for n in range(items):
+            f.write(f'{{"id": "it-{n:05d}"}}\n')
+    job = folder / "job.py"
+    job.write_text(SHARED_KEYS_JOB.format(keys=SHARED_KEYS, rpm=rpm))
+    return job

@@ -18,6 +18,8 @@ False
 
 from __future__ import annotations
 
+import urllib.parse
+
 from paceline.clock import Clock
 from paceline.errors import ConfigError
 
@@ -57,8 +59,9 @@ def open_meter_backend(
     """The backend a URL names: ``None``, ``""`` or ``"local"`` for this process's meters,
     ``redis://``, ``rediss://`` or ``unix://`` for meters shared through Redis.
 
-    ``prefix`` namespaces the Redis keys (``paceline:`` by default). ``clock``: the clock
-    to read instead of the backend's own (Redis's ``TIME``); for tests and simulations.
+    ``prefix`` namespaces the Redis keys (``paceline:`` by default; also as the URL's
+    ``?prefix=`` parameter). ``clock``: the clock to read instead of the backend's own
+    (Redis's ``TIME``); for tests and simulations.
     """
     if url is None or url.strip() in ("", "local"):
         return LocalBackend() if clock is None else LocalBackend(clock=clock)
@@ -75,4 +78,14 @@ def open_meter_backend(
         raise ConfigError(
             "the Redis limiter needs the redis extra: pip install 'paceline[redis]'"
         ) from None
-    return RedisBackend.from_url(url, prefix=prefix, clock=clock)
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    named = [v for k, v in query if k == "prefix"]
+    if named and prefix is None:
+        prefix = named[-1]
+        rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "prefix"])
+        url = urllib.parse.urlunsplit(parts._replace(query=rest))
+    try:
+        return RedisBackend.from_url(url, prefix=prefix, clock=clock)
+    except ValueError as exc:  # redis-py's word on a malformed URL (no secret in it)
+        raise ConfigError(f"limiter URL: {str(exc).splitlines()[0]}") from None
