@@ -83,3 +83,58 @@ def test_status_shows_the_last_run_failed_on_an_error(tmp_path: Path) -> None:
     run_cli("run", job, "--progress", "none")
     status = json.loads(run_cli("status", job, "--json").stdout)
     assert status["state"] == "failed" and status["done"] == 0
+
+
+CPU_JOB = """
+import time
+
+import paceline as pl
+
+
+def burn(n):
+    time.sleep(0.2)
+    return n * 2
+
+
+job = pl.Job("cpu", source=[{"id": str(n), "n": n} for n in range(2000)], concurrency=4)
+
+
+@job.task
+async def work(item, ctx):
+    return {"v": await ctx.run_cpu(burn, item.data["n"])}
+"""
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_run_leaves_no_process_pool_behind(tmp_path: Path) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(CPU_JOB)
+    proc = subprocess.Popen(
+        paceline_cmd("run", job, "--progress", "none"),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(_processes_mentioning(str(tmp_path))) < 2:
+        time.sleep(0.1)  # the pool's processes carry the job's folder in their command line
+    assert _processes_mentioning(str(tmp_path)), "the pool never started"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _processes_mentioning(str(tmp_path)):
+        time.sleep(0.1)
+    assert _processes_mentioning(str(tmp_path)) == []

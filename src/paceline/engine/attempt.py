@@ -13,7 +13,10 @@ import inspect
 import multiprocessing
 import os
 import random
+import select
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any, cast
@@ -36,6 +39,30 @@ __all__ = ["Attempts", "Result"]
 
 #: An attempt's end: the outcome, and the sink row when the task returned one.
 Result = tuple[Outcome, dict[str, Any] | None]
+
+
+def follow_parent(pid: int) -> None:
+    """In a pool process: exit when the run's process ``pid`` is gone (killed with -9, it
+    cannot shut its pool down; its pool processes must not live on)."""
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)  # readable once the process has exited (Linux ≥ 5.3)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            select.select([fd], [], [])
+            os._exit(1)
+        while True:  # elsewhere: look once a second
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="paceline-follow-parent", daemon=True).start()
 
 
 class Attempts:
@@ -72,7 +99,10 @@ class Attempts:
             # forkserver: children start clean, not as copies of a process with threads
             method = "forkserver" if sys.platform != "win32" else "spawn"
             self.processes = ProcessPoolExecutor(
-                os.cpu_count() or 1, mp_context=multiprocessing.get_context(method)
+                os.cpu_count() or 1,
+                mp_context=multiprocessing.get_context(method),
+                initializer=follow_parent,
+                initargs=(os.getpid(),),
             )
         return self.processes
 

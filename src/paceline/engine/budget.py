@@ -8,22 +8,26 @@ summed in the store with each commit; a worker adds what it spent and not yet co
 
 from __future__ import annotations
 
-import datetime as dt
+import time
 
 from paceline.clock import Clock
 from paceline.cost import Price, Usage
-from paceline.limits import day_start
 from paceline.store import Budget, Store
 
 from .progress import Progress
 from .state import RunState
 
-__all__ = ["Budgets", "price_for"]
+__all__ = ["Budgets", "local_day_start", "price_for"]
 
 
-def local_zone() -> dt.tzinfo:
-    """This machine's time zone now (read each time: a daylight-saving change moves it)."""
-    return dt.datetime.now().astimezone().tzinfo or dt.UTC
+def local_day_start(now: float) -> float:
+    """Epoch seconds of the local midnight that began the day holding ``now``.
+
+    From the system's time-zone rules, not today's offset: on the day clocks change, the
+    day began at the other offset (a fixed offset would put midnight an hour off).
+    """
+    t = time.localtime(now)
+    return time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))
 
 
 class Budgets:
@@ -56,7 +60,7 @@ class Budgets:
     # -- items -------------------------------------------------------------------------
 
     def day_counter(self) -> str:
-        return f"day:{day_start(self.clock.time(), local_zone()):.0f}"
+        return f"day:{local_day_start(self.clock.time()):.0f}"
 
     def caps(self) -> list[Budget]:
         """The claim budgets this worker claims under."""
