@@ -21,7 +21,15 @@ import click
 from . import __version__, ops
 from ._jobfile import load_job
 from .errors import PacelineError
-from .report import LiveReporter, LogReporter, Reporter, format_duration, key_line, summary_text
+from .report import (
+    LiveReporter,
+    LogReporter,
+    Reporter,
+    circuit_text,
+    format_duration,
+    key_line,
+    summary_text,
+)
 from .status import dry_run, job_status
 
 __all__ = ["cli", "main"]
@@ -319,6 +327,8 @@ def status(jobfile: Path, store: str | None, as_json: bool) -> int:
             f"  pid {run.get('pid')} on {run.get('host')} · {run.get('rate_now', 0)}/s now"
             f" · ETA {'--' if eta is None else f'{eta:.0f}s'}"
         )
+    if data.get("circuit"):
+        click.echo(f"  paused: {circuit_text(data['circuit'])}")
     if data["duplicates"]:
         click.echo(f"  duplicate ids in the source: {data['duplicates']:,}")
     for key in data["keys"]:

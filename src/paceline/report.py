@@ -78,6 +78,17 @@ def key_line(key: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def circuit_text(circuit: dict[str, Any]) -> str:
+    """``the provider fails for every request since 14:03:07 (ConnectError); next probe
+    in 4 s``."""
+    since = time.strftime("%H:%M:%S", time.localtime(circuit["since"]))
+    why = f" ({circuit['reason']})" if circuit.get("reason") else ""
+    return (
+        f"the provider fails for every request since {since}{why}; "
+        f"next probe in {circuit.get('next_probe_in', 0):.0f} s"
+    )
+
+
 def cost_text(s: Snapshot) -> str:
     """``$1.23 in all · $0.0041/item · $0.35/minute`` (this run's rates)."""
     parts = [f"${s.cost_total:,.4f} in all"]
@@ -183,6 +194,8 @@ class LogReporter:
         )
         if s.quota_until:
             text += f" waiting: every key is out of quota until {_clock_time(s.quota_until)}"
+        if s.circuit:
+            text += f" paused: {circuit_text(s.circuit)}"
         return text
 
     def _write(self, text: str) -> None:
@@ -273,6 +286,8 @@ class LiveReporter:
                 f"waiting: every key is out of quota until {_clock_time(s.quota_until)}",
                 "yellow",
             ))  # fmt: skip
+        if s.circuit:
+            parts.append(Text(f"paused: {circuit_text(s.circuit)}", "bold yellow"))
         for note in s.notes[-3:]:
             parts.append(Text(note, "yellow"))
         if s.errors:

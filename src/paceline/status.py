@@ -57,6 +57,7 @@ def job_status(
         "run": None,
         "workers": [],
         "stop_requested": False,
+        "circuit": None,
         "recent_failures": [],
     }
     now = clock.time()
@@ -112,6 +113,8 @@ def job_status(
             left = status["pending"] + status["running"]
             status["run"]["eta_seconds"] = round(left / rate, 1) if rate and source_done else None
     status["workers"] = [_worker_row(w) for w in live]
+    # While the provider fails for everyone, the run pauses and probes (a circuit breaker).
+    status["circuit"] = next((w.stats["circuit"] for w in live if w.stats.get("circuit")), None)
     status["stop_requested"] = any(w.stats.get("stopping") == "stop requested" for w in live)
     status["recent_failures"] = [{"id": i, "attempts": a, "error": e} for i, a, e in failures]
     return status

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import multiprocessing
 import os
 import random
@@ -17,9 +18,10 @@ import select
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from paceline.client import PoolClient
 from paceline.clock import Clock
@@ -30,12 +32,15 @@ from paceline.limiter import QuotaWait
 from paceline.retry import classify
 from paceline.store import Outcome
 
+from .circuit import Circuit, is_outage
 from .guard import CONTROL, signal_box
 from .progress import Progress
 from .spec import JobSpec
 from .state import RunState
 
 __all__ = ["Attempts", "Result"]
+
+T = TypeVar("T")
 
 #: An attempt's end: the outcome, and the sink row when the task returned one.
 Result = tuple[Outcome, dict[str, Any] | None]
@@ -65,6 +70,10 @@ def follow_parent(pid: int) -> None:
     threading.Thread(target=watch, name="paceline-follow-parent", daemon=True).start()
 
 
+#: The automatic attempt timeout's floor and ceiling, in seconds.
+MIN_TIMEOUT, MAX_TIMEOUT = 5.0, 600.0
+
+
 class Attempts:
     """Runs attempts of the job's task; owns the thread and process pools they use."""
 
@@ -77,9 +86,11 @@ class Attempts:
         progress: Progress,
         redact: Callable[[str], str],
         max_threads: int,
+        circuit: Circuit,
     ) -> None:
         assert job.task_fn is not None
         self.job = job
+        self.circuit = circuit
         self.http = http
         self.clock = clock
         self.state = state
@@ -92,6 +103,33 @@ class Attempts:
         self.quota_until: float | None = None
         #: moving average of the seconds one attempt takes (the autoscaler's Little's law)
         self.seconds = 0.0
+        #: how long recent successful attempts took, for the automatic attempt timeout
+        self.durations: deque[float] = deque(maxlen=200)
+        #: the attempts running now (their workers' tasks) and when each began
+        self.running: dict[asyncio.Task[Any] | None, float] = {}
+        self.cut: set[asyncio.Task[Any]] = set()  # cancelled for taking too long
+        self._timeout, self._stuck_after = MAX_TIMEOUT, math.inf
+
+    def timeout(self) -> float:
+        """The time one attempt may take: the job's ``timeout``, else automatic: five
+        times the slowest of the recent successful attempts (their 99th percentile), at
+        least :data:`MIN_TIMEOUT`, at most :data:`MAX_TIMEOUT` (and that ceiling until
+        enough attempts were seen). Worked out again by :meth:`retime`."""
+        return self.job.timeout or self._timeout
+
+    def stuck_after(self) -> float:
+        """An attempt running longer than this is stuck (3 × the 95th percentile of
+        recent attempts, at least a second): its worker does not count as capacity."""
+        return self._stuck_after
+
+    def _percentiles(self) -> None:
+        if len(self.durations) < 20:
+            self._timeout, self._stuck_after = MAX_TIMEOUT, math.inf
+            return
+        ordered = sorted(self.durations)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        self._timeout = min(MAX_TIMEOUT, max(MIN_TIMEOUT, 5 * p99))
+        self._stuck_after = max(1.0, 3 * ordered[int(len(ordered) * 0.95)])
 
     def process_pool(self) -> ProcessPoolExecutor:
         """The pool ``ctx.run_cpu`` uses, started on first use (one process per core)."""
@@ -148,20 +186,57 @@ class Attempts:
             self.progress.note(str(exc))
             self.state.halt("no usable key")
 
+    async def _within_timeout(self, call: Awaitable[T]) -> T:
+        """Await ``call``; :meth:`retime`, twice a second, cuts it once it has run longer
+        than :meth:`timeout` (also an attempt that began before the latencies were known).
+        One look for all attempts, not a timer each: the engine's hot path stays light."""
+        me = asyncio.current_task()
+        self.running[me] = self.clock.monotonic()
+        try:
+            return await call
+        except asyncio.CancelledError:
+            if me is None or me not in self.cut:
+                raise
+            self.cut.discard(me)
+            me.uncancel()
+            limit = self.timeout()
+            automatic = "" if self.job.timeout else " (automatic: it follows the latencies seen)"
+            raise TimeoutError(f"the attempt took more than {limit:.1f} s{automatic}") from None
+        finally:
+            self.running.pop(me, None)
+
+    def retime(self) -> int:
+        """Work the automatic timeout out again from the latencies seen, and cut the
+        attempts that have run longer than it; returns how many run longer than
+        :meth:`stuck_after` (stuck: their workers do not count as capacity)."""
+        self._percentiles()
+        limit, stuck_after = self.timeout(), self.stuck_after()
+        now = self.clock.monotonic()
+        stuck = 0
+        for task, started in list(self.running.items()):
+            took = now - started
+            if took > limit and task is not None and task not in self.cut:
+                self.cut.add(task)
+                task.cancel()
+            elif took > stuck_after:
+                stuck += 1
+        return stuck
+
     async def _call(self, item: Item) -> Result | None:
         job = self.job
         fn = job.task_fn
         assert fn is not None
         attempts = item.attempts + 1
         ctx = Context(self.http, job.name, attempts, self.clock, self.process_pool)
+        started = self.clock.monotonic()
         try:
             if self.is_async:
                 call = cast(Awaitable[dict[str, Any] | None], fn(item, ctx))
-                result = await (asyncio.wait_for(call, job.timeout) if job.timeout else call)
             else:
                 loop = asyncio.get_running_loop()
                 sync_fn = cast(Callable[[Item, Context], dict[str, Any] | None], fn)
-                result = await loop.run_in_executor(self.threads, sync_fn, item, ctx)
+                call = loop.run_in_executor(self.threads, sync_fn, item, ctx)
+            result = await self._within_timeout(call)
         except asyncio.CancelledError:
             raise
         except CONTROL as exc:
@@ -174,6 +249,16 @@ class Attempts:
             failure = classify(exc, now, job.retry_on, self.redact)
             if failure.ignored:
                 self.progress.note(failure.ignored, once=True)
+            outage = is_outage(exc)
+            self.circuit.record(outage, failure.message.split(":", 1)[0][:80])
+            if outage and failure.retryable and self.circuit.forgives():
+                # Lost to an outage, not to the item: try again once the provider
+                # answers, without using up a retry.
+                wait = failure.retry_after or 1.0
+                outcome = Outcome(
+                    item.seq, Status.RETRY, item.attempts, failure.message, now + wait, item.id
+                )
+                return outcome, None
             if failure.retryable and attempts <= job.retries:
                 delay = failure.retry_after
                 if delay is None:
@@ -183,6 +268,8 @@ class Attempts:
                 )
                 return outcome, None
             return Outcome(item.seq, Status.FAILED, attempts, failure.message, None, item.id), None
+        self.circuit.record(False)
+        self.durations.append(self.clock.monotonic() - started)
         if result is None:
             return Outcome(item.seq, Status.DONE, attempts, item_id=item.id), None
         if not isinstance(result, dict):

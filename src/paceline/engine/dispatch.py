@@ -16,6 +16,7 @@ from paceline.item import Item
 
 from .attempt import Attempts
 from .budget import Budgets
+from .circuit import Circuit
 from .commit import Committer
 from .progress import Progress
 from .state import RunState
@@ -24,6 +25,8 @@ from .storeio import StoreIO
 __all__ = ["EXPEDITE_EVERY", "Dispatcher"]
 
 EXPEDITE_EVERY = 0.5
+#: The most items claimed ahead of the workers.
+MAX_AHEAD = 2_000
 
 
 class Dispatcher:
@@ -39,6 +42,7 @@ class Dispatcher:
         budgets: Budgets,
         attempts: Attempts,
         committer: Committer,
+        circuit: Circuit,
     ) -> None:
         self.io = io
         self.progress = progress
@@ -48,6 +52,8 @@ class Dispatcher:
         self.budgets = budgets
         self.attempts = attempts
         self.committer = committer
+        self.circuit = circuit
+        self.spares = 0  # workers added while others are stuck on slow attempts
         self.queue: asyncio.Queue[Item | None] = asyncio.Queue()
         self.urgent: deque[Item] = deque()  # expedited items, taken before the queue
         self.workers: set[asyncio.Task[None]] = set()
@@ -65,8 +71,10 @@ class Dispatcher:
 
     def _set_target(self, workers: int) -> None:
         # Items kept claimed ahead of the workers: enough to never starve them, few
-        # enough that a stop hands little back and a priority change shows soon.
-        self.target = max(2 * workers, min(512, 8 * workers))
+        # enough that a stop hands little back and a priority change shows soon; for
+        # fast tasks, half a second's worth (fewer, larger claims).
+        by_rate = min(MAX_AHEAD, int(self.progress.rates.now * 0.5))
+        self.target = max(2 * workers, min(512, 8 * workers), by_rate)
         self.low_water = self.target // 2
 
     def spawn(self, n: int) -> None:
@@ -90,6 +98,9 @@ class Dispatcher:
                 return
             if queue.qsize() < self.low_water:
                 self.state.progress.set()
+            await self.circuit.admit()  # while the provider fails for all: wait, or probe
+            if self.state.interrupt.is_set():
+                return  # stopping: the item stays claimed and is handed back on close
             self.in_flight += 1
             try:
                 result = await self.attempts.run(item)
@@ -104,6 +115,25 @@ class Dispatcher:
                 self.retiring -= 1
                 return
             await self.committer.wait_room()
+
+    async def replace_stuck_forever(self) -> None:
+        """Twice a second: cut attempts past their timeout; and since workers stuck on
+        attempts far slower than the rest do not count as capacity, add a spare for each,
+        letting the spares go once the stuck ones are done."""
+        base = self.size
+        while True:
+            await self.clock.sleep(0.5)
+            self._set_target(self.size)
+            stuck = self.attempts.retime()
+            wanted = min(stuck, max(1, base))
+            if wanted > self.spares:
+                self.spawn(wanted - self.spares)
+                self.spares = wanted
+            elif wanted < self.spares:
+                self.shrink(self.spares - wanted)
+                self.spares = wanted
+            if not self.spares:
+                base = self.size
 
     # -- feeding -----------------------------------------------------------------------
 

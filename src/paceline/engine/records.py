@@ -45,6 +45,8 @@ class Snapshot:
     cost_per_minute: float | None = None
     #: The job's worker processes alive now (from the store), this one included.
     peers: list[dict[str, Any]] = field(default_factory=list)
+    #: While the provider fails for everyone: since when, why, when the next probe goes.
+    circuit: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

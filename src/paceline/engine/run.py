@@ -34,6 +34,7 @@ from paceline.store import RowWriter, WorkerInfo, describe_target
 from .attempt import Attempts
 from .autoscale import AUTO_START, Autoscaler
 from .budget import Budgets
+from .circuit import Circuit
 from .commit import Committer
 from .dispatch import Dispatcher
 from .guard import GuardedClient
@@ -110,6 +111,7 @@ class Engine:
             job.sink, self.io, self.progress, self.state, clock, self.worker_id, self.budgets,
             self.pool, self.redact, batching=job.batch.start(), flush_interval=flush_interval,
         )  # fmt: skip
+        self.circuit = Circuit(clock, self.progress, self.state)
         self._client: httpx.AsyncClient | None = None
         self._attempts: Attempts | None = None
         self._dispatcher: Dispatcher | None = None
@@ -144,8 +146,9 @@ class Engine:
         on_usage = self.budgets.record_usage if job.prices else None
         http = GuardedClient(self._client, job.keys, self.clock, on_usage)
         self._attempts = attempts = Attempts(
-            job, http, self.clock, state, self.progress, self.redact, self.max_concurrency
-        )
+            job, http, self.clock, state, self.progress, self.redact, self.max_concurrency,
+            self.circuit,
+        )  # fmt: skip
         try:
             if self.pool is not None:
                 await self.pool.start()
@@ -153,7 +156,7 @@ class Engine:
             self._started = True
             dispatcher = self._dispatcher = Dispatcher(
                 self.io, self.progress, state, self.clock, self.worker_id, self.budgets,
-                attempts, self.committer,
+                attempts, self.committer, self.circuit,
             )  # fmt: skip
             dispatcher.spawn(self.concurrency)
             ingestor = Ingestor(
@@ -165,6 +168,7 @@ class Engine:
                 asyncio.create_task(self.membership.beat_forever()),
                 asyncio.create_task(dispatcher.expedite_forever()),
                 asyncio.create_task(self._tick()),
+                asyncio.create_task(dispatcher.replace_stuck_forever()),
             ]
             if self.auto and self.pool is not None and self.pool.limited:
                 scaler = Autoscaler(
@@ -306,6 +310,7 @@ class Engine:
             "cost_per_item_usd": snap.cost_per_item,
             "cost_per_minute_usd": snap.cost_per_minute,
             "quota_until": snap.quota_until,
+            "circuit": self.circuit.describe(),
         }
 
     def snapshot(self) -> Snapshot:
@@ -361,6 +366,7 @@ class Engine:
             cost_per_item=(budgets.cost_run / p.done_run) if p.done_run else None,
             cost_per_minute=(budgets.cost_run * 60 / elapsed) if elapsed > 1 else None,
             peers=[_peer(w, w.worker_id == self.worker_id) for w in self.membership.peers],
+            circuit=self.circuit.describe(),
         )
 
 

@@ -62,7 +62,10 @@ class SQLiteStore:
                     self.path, timeout=30, check_same_thread=False, isolation_level=None
                 )
                 self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=FULL")
+                # Claims, ingest and heartbeats commit without waiting for the disk: lost
+                # to a power cut, they are redone, and WAL keeps the file whole. A commit
+                # of results (``complete``) waits for the disk: it is the checkpoint.
+                self.db.execute("PRAGMA synchronous=NORMAL")
                 schema = resources.files(__package__).joinpath("sql/sqlite.sql").read_text()
                 self.db.executescript(schema)
             self.db.execute("PRAGMA busy_timeout=30000")
@@ -431,7 +434,7 @@ class SQLiteStore:
         for o in outcomes:
             by_status.setdefault(o.status, []).append(o)
         lease = worker_id
-        with _transaction(db):
+        with _transaction(db, durable=True):
             held = self._held([o.seq for o in outcomes], lease)
             if len(held) < len(outcomes):  # a lease was lost: those outcomes count not
                 outcomes = [o for o in outcomes if o.seq in held]
@@ -634,19 +637,30 @@ def _key_row(k: KeyUsage, now: float) -> tuple[Any, ...]:
 
 
 class _transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on error (autocommit connection)."""
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, or ``ROLLBACK`` on error (autocommit connection).
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    ``durable``: the commit waits until the disk has it (``synchronous=FULL``), where the
+    connection otherwise lets the operating system write it back (``NORMAL``).
+    """
+
+    def __init__(self, db: sqlite3.Connection, *, durable: bool = False) -> None:
         self.db = db
+        self.durable = durable
 
     def __enter__(self) -> None:
+        if self.durable:
+            self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.db.execute("COMMIT")
-        elif self.db.in_transaction:  # an error may have ended the transaction already
-            self.db.execute("ROLLBACK")
+        try:
+            if exc_type is None:
+                self.db.execute("COMMIT")
+            elif self.db.in_transaction:  # an error may have ended the transaction already
+                self.db.execute("ROLLBACK")
+        finally:
+            if self.durable:
+                self.db.execute("PRAGMA synchronous=NORMAL")
 
 
 def _move(db: sqlite3.Connection, src: str | None, dst: str, n: int) -> None:
