@@ -34,3 +34,10 @@ class Item:
     priority: float = 0.0
     attempts: int = 0
     seq: int = field(default=0, repr=False, compare=False)
+    #: Where the item starts in its source (byte offset or record count), to read it again.
+    source_at: int | None = field(default=None, repr=False, compare=False)
+    #: The source line it starts on (its number, for messages).
+    line: int | None = field(default=None, repr=False, compare=False)
+    #: False when the store no longer holds the record (dropped once done, or kept out
+    #: by ``secret_fields``): the engine reads it again from the source before the task.
+    whole: bool = field(default=True, repr=False, compare=False)

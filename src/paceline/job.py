@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,7 @@ from .item import Item
 from .keys import KeyPool
 from .retry import Backoff
 from .sinks import Batch, Sink, as_sink
-from .sources import Source, as_source
+from .sources import IterableSource, Source, as_source
 from .store import is_postgres
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ class Job:
         priority: Callable[[Item], float] | None = None,
         store: str | os.PathLike[str] | None = None,
         limiter: str | None = None,
+        secret_fields: Iterable[str] = (),
     ) -> None:
         if not _NAME.match(name):
             raise ConfigError(
@@ -103,6 +104,15 @@ class Job:
         self.needs = needs
         #: ``priority(item)``: higher goes first.
         self.priority = priority
+        #: Fields of the source records kept out of the store and of error texts (e.g. a
+        #: password): the task gets them from the source again when it runs.
+        self.secret_fields = frozenset(secret_fields)
+        one_shot = isinstance(self.source, IterableSource) and not callable(self.source.records)
+        if self.secret_fields and one_shot:
+            raise ConfigError(
+                "secret_fields needs a source that can be read again: a file, a query, "
+                "or a function returning the records"
+            )
         #: Where the job's state lives: a SQLite file (relative to the job file's folder)
         #: or a ``postgresql://`` DSN; ``--store`` / ``PACELINE_STORE`` override it.
         self.store = store

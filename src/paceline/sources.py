@@ -78,6 +78,8 @@ class Record:
     after: Position
     priority: float = 0.0
     skip: bool = False  # the job's ``needs`` said this item needs no work
+    #: Where reading must start to meet this record again (set by the engine's ingest).
+    start: Position | None = None
 
 
 @runtime_checkable
@@ -523,6 +525,35 @@ class IterableSource:
             yield _record(count, copy, self.id, after)
 
 
+def read_back(
+    source: Source, wanted: Sequence[tuple[str, int | None, int | None]]
+) -> dict[str, Record]:
+    """Read items again from the source: ``wanted`` holds (id, start offset, line) as the
+    store kept them; returns the records found by id (an id missing from the answer is no
+    longer where it was: the source changed).
+
+    Files seek to each item's start; a query is run once, filtered by its id column; an
+    iterable is read again from its start (a one-shot iterator cannot be: ConfigError).
+    """
+    if isinstance(source, SQL) and isinstance(source.id, str):
+        return source.lookup([item_id for item_id, _, _ in wanted])
+    if isinstance(source, IterableSource) and not callable(source.records):
+        raise ConfigError(
+            "the source is a one-shot iterator: items cannot be read from it again "
+            "(pass a function returning the iterable)"
+        )
+    found: dict[str, Record] = {}
+    for item_id, offset, line in wanted:
+        if offset is None:
+            continue
+        start = Position(offset, max(0, (line or 1) - 1))
+        for record in itertools.islice(source.read(start), 3):  # blank lines may lead
+            if record.id == item_id:
+                found[item_id] = record
+                break
+    return found
+
+
 def as_source(source: Any) -> Source:
     """Accept a source object, or wrap an iterable of dicts."""
     if isinstance(source, Source):
@@ -625,3 +656,23 @@ class SQL:
         for data in itertools.islice(self._rows(), start.offset, None):
             count += 1
             yield _record(count, data, self.id, Position(count, count))
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, Record]:
+        """The rows of these ids, by one run of the query filtered on its id column."""
+        assert isinstance(self.id, str)
+        found: dict[str, Record] = {}
+        column = '"' + self.id.replace('"', '""') + '"'
+        mark = "%s" if self.postgres else "?"
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ", ".join(mark for _ in chunk)
+            inner = self.query.strip().rstrip(";")
+            query = (
+                f"SELECT * FROM ({inner}) AS paceline_source "
+                f"WHERE CAST({column} AS TEXT) IN ({marks})"
+            )
+            rows = SQL(self.target, query, id=self.id, params=(*self.params, *chunk))
+            for record in rows.read(Position()):
+                if record.id is not None:
+                    found[record.id] = record
+        return found

@@ -143,3 +143,13 @@ def test_user_migration(tmp_path: Path, pg_dsn: str) -> None:
     legacy.close()
     assert email == "user7@example.org"
     assert bcrypt.checkpw(password.encode(), digest.encode())
+    # No plaintext password is left in any file of paceline's store.
+    legacy = sqlite3.connect(job.parent / "legacy.db")
+    passwords = [p for (p,) in legacy.execute("SELECT password FROM users") if p]
+    legacy.close()
+    store_files = [p for p in (job.parent / ".paceline").iterdir() if p.is_file()]
+    assert store_files
+    for path in store_files:
+        data = path.read_bytes()
+        leaked = [p for p in passwords if p.encode() in data]
+        assert not leaked, f"{path.name} holds {len(leaked)} plaintext password(s)"

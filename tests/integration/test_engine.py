@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import threading
 import time
@@ -398,3 +399,42 @@ async def test_a_task_that_swallows_the_limiters_signals_does_not_mark_items_don
     assert all("swallowed" not in row for row in rows.values()), rows
     assert result.snapshot.done == len(rows) <= 2
     assert result.snapshot.pending == 20 - len(rows)
+
+
+async def test_secret_fields_stay_out_of_the_store_and_errors_yet_reach_the_task(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "users.jsonl"
+    users = [
+        {"id": f"u{n}", "password": f"hunter-{n:04d}-secret", "ok": n % 3 != 0} for n in range(30)
+    ]
+    source.write_text("".join(json.dumps(u) + "\n" for u in users))
+    job = pl.Job(
+        "secrets",
+        source=pl.JSONL(source),
+        sink=pl.JSONLSink(tmp_path / "out.jsonl"),
+        secret_fields=["password"],
+        retries=0,
+    )
+
+    @job.task
+    async def check(item: pl.Item, ctx: pl.Context) -> dict[str, Any]:
+        if not item.data["ok"]:
+            raise ValueError(f"cannot use {item.data['password']}")
+        return {"length": len(item.data["password"])}
+
+    result = await job.run_async(store=tmp_path / ".paceline" / "s.db")
+    assert (result.snapshot.done, result.snapshot.failed) == (20, 10)
+    assert {r["length"] for r in read_jsonl(tmp_path / "out.jsonl")} == {len("hunter-0001-secret")}
+    for path in (tmp_path / ".paceline").iterdir():
+        data = path.read_bytes()
+        assert not [u for u in users if u["password"].encode() in data], path.name
+    db = sqlite3.connect(tmp_path / ".paceline" / "s.db")
+    errors = [e for (e,) in db.execute("SELECT last_error FROM items WHERE status='failed'")]
+    db.close()
+    assert errors and all("***" in e and "hunter" not in e for e in errors)
+
+
+def test_secret_fields_need_a_source_that_can_be_read_again() -> None:
+    with pytest.raises(pl.ConfigError, match="read again"):
+        pl.Job("x", source=iter([{"id": "a", "password": "p"}]), secret_fields=["password"])

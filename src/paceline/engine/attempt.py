@@ -186,6 +186,22 @@ class Attempts:
             self.progress.note(str(exc))
             self.state.halt("no usable key")
 
+    def _redactor(self, item: Item) -> Callable[[str], str]:
+        """Keys, and the item's secret fields' values, out of an error's text."""
+        secrets = [
+            str(v) for k, v in item.data.items()
+            if k in self.job.secret_fields and v is not None and len(str(v)) >= 3
+        ]  # fmt: skip
+        if not secrets:
+            return self.redact
+
+        def redact(text: str) -> str:
+            for secret in sorted(secrets, key=len, reverse=True):
+                text = text.replace(secret, "***")
+            return self.redact(text)
+
+        return redact
+
     async def _within_timeout(self, call: Awaitable[T]) -> T:
         """Await ``call``; :meth:`retime`, twice a second, cuts it once it has run longer
         than :meth:`timeout` (also an attempt that began before the latencies were known).
@@ -246,7 +262,7 @@ class Attempts:
             return None
         except Exception as exc:
             now = self.clock.time()
-            failure = classify(exc, now, job.retry_on, self.redact)
+            failure = classify(exc, now, job.retry_on, self._redactor(item))
             if failure.ignored:
                 self.progress.note(failure.ignored, once=True)
             outage = is_outage(exc)

@@ -19,6 +19,7 @@ from .budget import Budgets
 from .circuit import Circuit
 from .commit import Committer
 from .progress import Progress
+from .refill import Refiller
 from .state import RunState
 from .storeio import StoreIO
 
@@ -43,6 +44,7 @@ class Dispatcher:
         attempts: Attempts,
         committer: Committer,
         circuit: Circuit,
+        refiller: Refiller,
     ) -> None:
         self.io = io
         self.progress = progress
@@ -53,6 +55,7 @@ class Dispatcher:
         self.attempts = attempts
         self.committer = committer
         self.circuit = circuit
+        self.refiller = refiller
         self.spares = 0  # workers added while others are stuck on slow attempts
         self.queue: asyncio.Queue[Item | None] = asyncio.Queue()
         self.urgent: deque[Item] = deque()  # expedited items, taken before the queue
@@ -156,7 +159,7 @@ class Dispatcher:
             source_done = self.progress.source_done
             items = await io.call(store.claim, room, self.worker_id, now, caps)
             if items:
-                self._enqueue(items)
+                await self._enqueue(items)
                 continue
             if caps:
                 reason = await io.call(self.budgets.spent, store)
@@ -187,9 +190,19 @@ class Dispatcher:
         counts = await self.io.call(self.io.store.counts)
         return bool(counts.get("running", 0) or counts.get("pending", 0))
 
-    def _enqueue(self, items: list[Item]) -> None:
+    async def _ready(self, items: list[Item]) -> list[Item]:
+        """Claimed items, their records completed from the source where the store has not
+        all of them; those that cannot be read again end failed at once."""
         self.progress.move("pending", "running", len(items))
-        for item in items:
+        if not self.refiller.needed(items):
+            return items
+        items, failed = await self.refiller.complete(items)
+        for result in failed:
+            self.committer.add(result)
+        return items
+
+    async def _enqueue(self, items: list[Item]) -> None:
+        for item in await self._ready(items):
             self.queue.put_nowait(item)
 
     async def wait_progress(self, timeout: float) -> None:
@@ -214,8 +227,7 @@ class Dispatcher:
             items = await io.call(
                 store.claim_expedited, self.worker_id, self.clock.time(), self.budgets.caps()
             )
-            self.progress.move("pending", "running", len(items))
-            for item in items:
+            for item in await self._ready(items):
                 if self.queue.empty():
                     self.queue.put_nowait(item)  # workers wait on the queue: wake one
                 else:

@@ -39,6 +39,14 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
+def _with_starts(records: Iterator[Record], start: Position) -> Iterator[Record]:
+    """Each record with the position reading must start from to meet it again (where the
+    record before it ended), so an item can be read again from the source later."""
+    for record in records:
+        yield replace(record, start=start)
+        start = record.after
+
+
 class Ingestor:
     """Streams the job's source into the store."""
 
@@ -95,7 +103,7 @@ class Ingestor:
         loop = asyncio.get_running_loop()
         reader = ThreadPoolExecutor(1, thread_name_prefix="paceline-source")
         try:
-            records = job.source.read(position)
+            records = _with_starts(job.source.read(position), position)
             while self.state.taking:
                 chunk = await loop.run_in_executor(reader, self._read_chunk, records)
                 exhausted = len(chunk) < INGEST_CHUNK
@@ -125,7 +133,7 @@ class Ingestor:
         chunk = list(itertools.islice(records, INGEST_CHUNK))
         needs, priority = self.job.needs, self.job.priority
         if needs is None and priority is None:
-            return chunk
+            return self._keep_secrets_out(chunk)
         out = []
         for r in chunk:
             if r.error is None and r.id is not None and r.data is not None:
@@ -139,7 +147,20 @@ class Ingestor:
                 else:
                     r = replace(r, skip=skip, priority=rank)
             out.append(r)
-        return out
+        return self._keep_secrets_out(out)
+
+    def _keep_secrets_out(self, chunk: list[Record]) -> list[Record]:
+        """The job's ``secret_fields`` never reach the store: the task gets them from the
+        source again when it runs (see :mod:`.refill`)."""
+        secret = self.job.secret_fields
+        if not secret:
+            return chunk
+        return [
+            r
+            if r.data is None
+            else replace(r, data={k: v for k, v in r.data.items() if k not in secret})
+            for r in chunk
+        ]
 
     def _store_chunk(
         self, chunk: list[Record], after: Position | None, exhausted: bool

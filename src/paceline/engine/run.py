@@ -43,6 +43,7 @@ from .membership import Membership
 from .progress import Progress
 from .quota import PoolRun
 from .records import RunResult, Snapshot
+from .refill import Refiller
 from .spec import JobSpec
 from .state import RunState
 from .storeio import StoreIO
@@ -112,6 +113,7 @@ class Engine:
             self.pool, self.redact, batching=job.batch.start(), flush_interval=flush_interval,
         )  # fmt: skip
         self.circuit = Circuit(clock, self.progress, self.state)
+        self.refiller = Refiller(job, self.io)
         self._client: httpx.AsyncClient | None = None
         self._attempts: Attempts | None = None
         self._dispatcher: Dispatcher | None = None
@@ -156,7 +158,7 @@ class Engine:
             self._started = True
             dispatcher = self._dispatcher = Dispatcher(
                 self.io, self.progress, state, self.clock, self.worker_id, self.budgets,
-                attempts, self.committer, self.circuit,
+                attempts, self.committer, self.circuit, self.refiller,
             )  # fmt: skip
             dispatcher.spawn(self.concurrency)
             ingestor = Ingestor(
@@ -269,6 +271,7 @@ class Engine:
                 await self.pool.aclose()
             if self._attempts is not None:
                 self._attempts.close()
+            self.refiller.close()
             if self.io.opened:
                 await self.io.call(self.io.store.release, self.worker_id, self.budgets.caps())
         finally:

@@ -36,4 +36,5 @@ class JobSpec(Protocol):
     prices: dict[str, Price]
     needs: Callable[[Item], bool] | None
     priority: Callable[[Item], float] | None
+    secret_fields: frozenset[str]
     task_fn: TaskFn | None

@@ -408,12 +408,14 @@ class PostgresStore:
                 conn.execute(self.q["stage"])
                 with conn.cursor() as cur:
                     with cur.copy(
-                        "COPY paceline_stage (id, data, status, priority, line) FROM STDIN"
+                        "COPY paceline_stage2 (id, data, status, priority, line, src_offset) "
+                        "FROM STDIN"
                     ) as copy:
                         for r in valid:
                             status = "skipped" if r.skip else "pending"
                             data = json.dumps(r.data, default=str)
-                            copy.write_row((r.id, data, status, r.priority, r.line))
+                            at = None if r.start is None else r.start.offset
+                            copy.write_row((r.id, data, status, r.priority, r.line, at))
                     added = [s for (s,) in cur.execute(self.q["ingest_staged"], {"now": now})]
                 inserted, skipped = added.count("pending"), added.count("skipped")
                 duplicates = 0
@@ -496,8 +498,15 @@ class PostgresStore:
 
         rows = self._call(take)
         rows.sort(key=lambda r: (-r[3], r[0]))
-        loads = json.loads
-        return [Item(r[1], loads(r[2]), r[3], r[4], r[0]) for r in rows]
+        return [_item(r) for r in rows]
+
+    def fill(self, records: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        if records:
+            args = {
+                "seqs": [seq for seq, _ in records],
+                "datas": [json.dumps(data, default=str) for _, data in records],
+            }
+            self._execute("fill", args)
 
     def claim(
         self, limit: int, worker_id: str, now: float = 0.0, budgets: Sequence[Budget] = ()
@@ -771,6 +780,15 @@ class PostgresStore:
     def day_usage(self, fingerprint: str, day_start: float) -> dict[str, float]:
         args = {"fp": fingerprint, "start": day_start}
         return dict(self._fetchall("day_usage", args))
+
+
+def _item(r: Sequence[Any]) -> Item:
+    """A claimed row as an item (its record to be read again when the store has none)."""
+    whole = r[2] is not None
+    data = json.loads(r[2]) if whole else {}
+    at = None if r[5] is None else int(r[5])
+    line = None if r[6] is None else int(r[6])
+    return Item(r[1], data, r[3], r[4], int(r[0]), source_at=at, line=line, whole=whole)
 
 
 def _worker(row: Sequence[Any]) -> WorkerInfo:

@@ -149,6 +149,11 @@ class Store(StoreReader, Protocol):
         ``budgets`` bound the claim and count it, atomically across workers."""
         ...
 
+    def fill(self, records: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Store again the records (by seq) of items that had none: read again from the
+        source, for an item to be done again after its record was dropped."""
+        ...
+
     def claim_expedited(
         self, worker_id: str, now: float, budgets: Sequence[Budget] = ()
     ) -> list[Item]: ...

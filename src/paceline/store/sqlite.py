@@ -9,6 +9,7 @@ the same file at once, which WAL mode allows. Every status change also moves the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -66,8 +67,13 @@ class SQLiteStore:
                 # to a power cut, they are redone, and WAL keeps the file whole. A commit
                 # of results (``complete``) waits for the disk: it is the checkpoint.
                 self.db.execute("PRAGMA synchronous=NORMAL")
+                # Freed space is zeroed: a done item's record does not linger in the file.
+                self.db.execute("PRAGMA secure_delete=ON")
                 schema = resources.files(__package__).joinpath("sql/sqlite.sql").read_text()
                 self.db.executescript(schema)
+                columns = {r[1] for r in self.db.execute("PRAGMA table_info(items)")}
+                if "src_offset" not in columns:  # a store made before the column was
+                    self.db.execute("ALTER TABLE items ADD COLUMN src_offset INTEGER")
             self.db.execute("PRAGMA busy_timeout=30000")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from None
@@ -79,6 +85,12 @@ class SQLiteStore:
         return str(self.path)
 
     def close(self) -> None:
+        if not self.readonly:
+            # Fold the write-ahead log into the file and empty it: pages with dropped
+            # records do not stay behind in it.
+            # (a reader holding it makes this fail: it is folded in on the next close)
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
 
     def shares_database(self, sink: object) -> bool:
@@ -214,10 +226,18 @@ class SQLiteStore:
             for status in ("pending", "skipped"):
                 before = db.total_changes
                 db.executemany(
-                    "INSERT INTO items (id, data, status, priority, line, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO items (id, data, status, priority, line, updated_at, src_offset) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                     [
-                        (r.id, json.dumps(r.data, default=str), status, r.priority, r.line, now)
+                        (
+                            r.id,
+                            json.dumps(r.data, default=str),
+                            status,
+                            r.priority,
+                            r.line,
+                            now,
+                            None if r.start is None else r.start.offset,
+                        )
                         for r in valid
                         if r.skip == (status == "skipped")
                     ],
@@ -328,14 +348,13 @@ class SQLiteStore:
             rows = self.db.execute(
                 "UPDATE items SET status='running', lease=? WHERE seq IN "
                 "(SELECT seq FROM items WHERE status='pending' ORDER BY priority DESC, seq "
-                "LIMIT ?) RETURNING seq, id, data, priority, attempts",
+                f"LIMIT ?) RETURNING {_CLAIMED}",
                 (worker_id, limit),
             ).fetchall()
             _move(self.db, "pending", "running", len(rows))
             self._spend(budgets, len(rows))
         rows.sort(key=lambda r: (-r[3], r[0]))
-        loads = json.loads
-        return [Item(r[1], loads(r[2]), r[3], r[4], r[0]) for r in rows]
+        return [_item(r) for r in rows]
 
     def expedite(self, ids: Sequence[str], now: float) -> dict[str, str]:
         """Move items to the front of the line; returns each id's status before."""
@@ -360,7 +379,7 @@ class SQLiteStore:
                 before = self.db.total_changes
                 self.db.executemany(
                     "UPDATE items SET status='pending', attempts=0, not_before=NULL, "
-                    "updated_at=? WHERE id=? AND status=? AND data IS NOT NULL",
+                    "updated_at=? WHERE id=? AND status=? AND (data IS NOT NULL OR status='done')",
                     [(now, i, status) for i in chosen],
                 )
                 _move(self.db, status, "pending", self.db.total_changes - before)
@@ -377,13 +396,20 @@ class SQLiteStore:
             rows = self.db.execute(
                 "UPDATE items SET status='running', lease=? WHERE seq IN "
                 "(SELECT seq FROM items WHERE status='pending' AND priority >= ? "
-                "ORDER BY priority DESC, seq LIMIT ?) "
-                "RETURNING seq, id, data, priority, attempts",
+                f"ORDER BY priority DESC, seq LIMIT ?) RETURNING {_CLAIMED}",
                 (worker_id, EXPEDITED, limit),
             ).fetchall()
             _move(self.db, "pending", "running", len(rows))
             self._spend(budgets, len(rows))
-        return [Item(r[1], json.loads(r[2]), r[3], r[4], r[0]) for r in rows]
+        return [_item(r) for r in rows]
+
+    def fill(self, records: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Store again the records of items that had none (read again from the source)."""
+        with _transaction(self.db):
+            self.db.executemany(
+                "UPDATE items SET data=? WHERE seq=? AND data IS NULL",
+                [(json.dumps(data, default=str), seq) for seq, data in records],
+            )
 
     def release(self, worker_id: str, budgets: Sequence[Budget] = ()) -> int:
         """Give back every item this run still holds (claimed, never finished)."""
@@ -445,7 +471,7 @@ class SQLiteStore:
                 before = db.total_changes
                 if status is Status.DONE:
                     db.executemany(
-                        "UPDATE items SET status='done', attempts=?, last_error=NULL, "
+                        "UPDATE items SET status='done', attempts=?, last_error=NULL, data=NULL, "
                         "lease=NULL, wrote=?, updated_at=? WHERE seq=? AND status='running' "
                         "AND (? IS NULL OR lease=?)",
                         [(o.attempts, int(o.wrote), now, o.seq, lease, lease) for o in group],
@@ -622,6 +648,16 @@ class SQLiteStore:
             "info=excluded.info, updated_at=excluded.updated_at",
             [_key_row(k, now) for k in keys],
         )
+
+
+_CLAIMED = "seq, id, data, priority, attempts, src_offset, line"
+
+
+def _item(r: Sequence[Any]) -> Item:
+    """A claimed row as an item (its record to be read again when the store has none)."""
+    whole = r[2] is not None
+    data = json.loads(r[2]) if whole else {}
+    return Item(r[1], data, r[3], r[4], r[0], source_at=r[5], line=r[6], whole=whole)
 
 
 def _json(text: str | None) -> Any:

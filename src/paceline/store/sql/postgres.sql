@@ -8,7 +8,8 @@ CREATE TABLE IF NOT EXISTS {schema}.meta (
 );
 
 -- seq is the order items were read in; id is the source's stable id.
--- data is NULL for a source line that was not a valid item (it is failed with its line).
+-- data is the source record until the item is done, then NULL; NULL too for a source line
+-- that was not a valid item (failed with its line).
 -- lease is the worker holding a running item; it is reclaimed once that worker's
 -- heartbeat stops.
 CREATE TABLE IF NOT EXISTS {schema}.items (
@@ -23,8 +24,10 @@ CREATE TABLE IF NOT EXISTS {schema}.items (
     line       BIGINT,
     lease      TEXT,
     wrote      BOOLEAN,
-    updated_at DOUBLE PRECISION
+    updated_at DOUBLE PRECISION,
+    src_offset BIGINT
 );
+ALTER TABLE {schema}.items ADD COLUMN IF NOT EXISTS src_offset BIGINT;
 CREATE INDEX IF NOT EXISTS items_pending ON {schema}.items (priority DESC, seq)
     WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS items_retry ON {schema}.items (not_before) WHERE status = 'retry';

@@ -77,13 +77,13 @@ ON CONFLICT (one) DO UPDATE SET "offset" = excluded."offset", line = excluded.li
     exhausted = excluded.exhausted;
 
 -- name: stage
-CREATE TEMPORARY TABLE IF NOT EXISTS paceline_stage (
-    id TEXT, data TEXT, status TEXT, priority DOUBLE PRECISION, line BIGINT
+CREATE TEMPORARY TABLE IF NOT EXISTS paceline_stage2 (
+    id TEXT, data TEXT, status TEXT, priority DOUBLE PRECISION, line BIGINT, src_offset BIGINT
 ) ON COMMIT DELETE ROWS;
 
 -- name: ingest_staged
-INSERT INTO {schema}.items (id, data, status, priority, line, updated_at)
-SELECT id, data, status, priority, line, %(now)s FROM paceline_stage ORDER BY line
+INSERT INTO {schema}.items (id, data, status, priority, line, updated_at, src_offset)
+SELECT id, data, status, priority, line, %(now)s, src_offset FROM paceline_stage2 ORDER BY line
 ON CONFLICT (id) DO NOTHING
 RETURNING status;
 
@@ -93,6 +93,11 @@ SELECT * FROM unnest(%(ids)s::text[], %(nulls)s::text[], %(statuses)s::text[],
     %(zeros)s::int[], %(errors)s::text[], %(lines)s::bigint[], %(nows)s::float8[])
 ON CONFLICT (id) DO NOTHING
 RETURNING seq;
+
+-- name: fill
+UPDATE {schema}.items AS i SET data = v.data
+FROM unnest(%(seqs)s::bigint[], %(datas)s::text[]) AS v(seq, data)
+WHERE i.seq = v.seq AND i.data IS NULL;
 
 -- name: first_lines
 SELECT id, line FROM {schema}.items WHERE id = ANY(%(ids)s);
@@ -118,7 +123,7 @@ WHERE seq IN (
     SELECT seq FROM {schema}.items WHERE status = 'pending'
     ORDER BY priority DESC, seq LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED)
-RETURNING seq, id, data, priority, attempts;
+RETURNING seq, id, data, priority, attempts, src_offset, line;
 
 -- name: claim_expedited
 UPDATE {schema}.items SET status = 'running', lease = %(worker)s
@@ -126,7 +131,7 @@ WHERE seq IN (
     SELECT seq FROM {schema}.items WHERE status = 'pending' AND priority >= %(expedited)s
     ORDER BY priority DESC, seq LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED)
-RETURNING seq, id, data, priority, attempts;
+RETURNING seq, id, data, priority, attempts, src_offset, line;
 
 -- name: counter_for_update
 SELECT name, n FROM {schema}.counters WHERE name = ANY(%(names)s) ORDER BY name FOR UPDATE;
@@ -159,7 +164,7 @@ SELECT min(not_before) FROM {schema}.items WHERE status = 'retry';
 -- name: complete
 UPDATE {schema}.items AS i SET status = v.status, attempts = v.attempts,
     last_error = v.error, not_before = v.not_before, lease = NULL, wrote = v.wrote,
-    updated_at = %(now)s
+    updated_at = %(now)s, data = CASE WHEN v.status = 'done' THEN NULL ELSE i.data END
 FROM unnest(%(seqs)s::bigint[], %(statuses)s::text[], %(attempts)s::int[],
             %(errors)s::text[], %(not_befores)s::float8[], %(wrotes)s::bool[])
      AS v(seq, status, attempts, error, not_before, wrote)
@@ -239,7 +244,7 @@ RETURNING old.status;
 WITH old AS (
     SELECT seq, status FROM {schema}.items
     WHERE id = ANY(%(ids)s) AND status IN ('done', 'failed', 'skipped', 'retry')
-      AND data IS NOT NULL
+      AND (data IS NOT NULL OR status = 'done')
     FOR UPDATE)
 UPDATE {schema}.items AS i SET status = 'pending', attempts = 0, not_before = NULL,
     updated_at = %(now)s

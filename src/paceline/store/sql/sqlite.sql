@@ -5,7 +5,8 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 
 -- seq is the order items were read in; id is the source's stable id.
--- data is NULL for a source line that was not a valid item (it is failed with its line).
+-- data is the source record until the item is done, then NULL (it may hold what should not
+-- stay); NULL too for a source line that was not a valid item (failed with its line).
 CREATE TABLE IF NOT EXISTS items (
     seq        INTEGER PRIMARY KEY,
     id         TEXT NOT NULL UNIQUE,
@@ -18,7 +19,8 @@ CREATE TABLE IF NOT EXISTS items (
     line       INTEGER,
     lease      TEXT,
     wrote      INTEGER,  -- 1 when the done item's task returned a row for the sink
-    updated_at REAL
+    updated_at REAL,
+    src_offset INTEGER   -- where reading the source meets the item again
 );
 CREATE INDEX IF NOT EXISTS items_pending ON items (priority DESC, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS items_retry ON items (not_before) WHERE status = 'retry';
