@@ -8,8 +8,10 @@ import sys
 import traceback
 from pathlib import Path
 
+from ._redact import redact, remember
 from .errors import ConfigError, PacelineError
 from .job import Job
+from .keys import KeyPool
 from .sources import SQL
 
 __all__ = ["load_job"]
@@ -29,13 +31,13 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     try:
         namespace = _import(file)
     except PacelineError as exc:
-        raise ConfigError(f"{file}: {exc}") from None
+        raise ConfigError(redact(f"{file}: {exc}")) from None
     except SyntaxError as exc:
-        raise ConfigError(f"{file}:{exc.lineno}: syntax error: {exc.msg}") from None
+        raise ConfigError(redact(f"{file}:{exc.lineno}: syntax error: {exc.msg}")) from None
     except Exception as exc:
         line = _line_in(file, exc)
         where = f"{file}:{line}" if line else str(file)
-        raise ConfigError(f"{where}: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(redact(f"{where}: {type(exc).__name__}: {exc}")) from None
     job = namespace.get("job")
     if job is None:
         raise ConfigError(f"{file} does not define `job` (job = paceline.Job(...))")
@@ -43,12 +45,23 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         raise ConfigError(f"{file}: `job` is a {type(job).__name__}, not a paceline.Job")
     if job.task_fn is None:
         raise ConfigError(f"{file}: job {job.name!r} has no task (decorate one with @job.task)")
+    _remember_keys(namespace)
     job.home = file.parent.resolve()
     _anchor(job, job.home)
     bind = getattr(job.source, "bind", None)
     if callable(bind):  # a source that lives beside its job (paceline.Upload's inbox)
         bind(job)
     return job
+
+
+def _remember_keys(namespace: dict[str, object]) -> None:
+    """Remember the keys of every pool the job file made, so no text shows them."""
+    for value in list(namespace.values()):
+        pools = [value] if isinstance(value, KeyPool) else []
+        if isinstance(value, Job) and value.keys is not None:
+            pools.append(value.keys)
+        for pool in pools:
+            remember((k.secret, k.masked) for k in pool.keys)
 
 
 def _anchor(job: Job, folder: Path) -> None:
@@ -78,6 +91,7 @@ def _import(file: Path) -> dict[str, object]:
     try:
         spec.loader.exec_module(module)
     except BaseException:
+        _remember_keys(vars(module))  # the pools made before it failed: their keys
         if previous is None:
             del sys.modules[name]
         else:

@@ -20,6 +20,7 @@ import click
 
 from . import __version__, ops
 from ._jobfile import load_job
+from ._redact import redact
 from .errors import PacelineError
 from .report import (
     LiveReporter,
@@ -905,7 +906,7 @@ def main(argv: list[str] | None = None) -> None:
         code = EXIT_INTERRUPTED
     except Exception as exc:
         if os.environ.get("PACELINE_DEBUG"):
-            traceback.print_exc()
+            click.echo(redact(traceback.format_exc()), err=True, nl=False)
         _error(f"unexpected {type(exc).__name__}: {exc} (set PACELINE_DEBUG=1 for details)")
         code = 1
     if code == EXIT_INTERRUPTED:
@@ -918,4 +919,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _error(message: str) -> None:
-    click.echo(f"paceline: error: {message}", err=True)
+    click.echo(f"paceline: error: {redact(message)}", err=True)

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from tests.conftest import paceline_cmd, run_cli
 
 FULL_DISK_JOB = """
@@ -138,3 +139,64 @@ def test_a_killed_run_leaves_no_process_pool_behind(tmp_path: Path) -> None:
     while time.monotonic() < deadline and _processes_mentioning(str(tmp_path)):
         time.sleep(0.1)
     assert _processes_mentioning(str(tmp_path)) == []
+
+
+LEAKY_JOB = """
+import os
+from pathlib import Path
+
+import paceline as pl
+
+HERE = Path(__file__).parent
+keys = pl.KeyPool.from_env("LEAKY_KEY_")
+KEY = keys.keys[0].secret
+WHERE = os.environ["LEAK_WHERE"]
+
+if WHERE == "load":
+    raise RuntimeError(f"cannot start with {KEY}")
+
+
+def needs(item):
+    if WHERE == "needs" and item.id == "i3":
+        raise ValueError(f"needs choked on {KEY}")
+    return True
+
+
+def sink(rows):
+    if WHERE == "sink":
+        raise OSError(5, f"disk said no to {KEY}")
+    with (HERE / "rows.txt").open("a") as f:
+        f.writelines(repr(r) + "\\n" for r in rows)
+
+
+job = pl.Job("leaky", source=[{"id": f"i{n}"} for n in range(10)], sink=sink, keys=keys,
+             needs=needs, retries=0)
+
+
+@job.task
+async def work(item, ctx):
+    if WHERE == "task" and item.id == "i5":
+        raise ValueError(f"the task saw {KEY} and {ctx.job}")
+    return {"ok": True}
+"""
+
+LEAKY_KEY = "sk-live-leaky-0123456789abcdefSECRET"
+
+
+@pytest.mark.parametrize("where", ["load", "needs", "sink", "task"])
+def test_no_key_in_any_text_whatever_fails(tmp_path: Path, where: str) -> None:
+    job = tmp_path / "job.py"
+    job.write_text(LEAKY_JOB)
+    env = {"LEAKY_KEY_1": LEAKY_KEY, "LEAK_WHERE": where}
+    result = run_cli("run", job, "--progress", "log", env=env)
+    assert result.returncode != 0 or where == "needs"
+    texts = {"stdout": result.stdout, "stderr": result.stderr}
+    for cmd in (("status", job), ("failures", job), ("export", job)):
+        shown = run_cli(*cmd, env=env)
+        texts[cmd[0]] = shown.stdout + shown.stderr
+    for path in [*tmp_path.rglob("*")]:
+        if path.is_file() and path.name != "job.py":
+            texts[str(path)] = path.read_bytes().decode(errors="replace")
+    leaks = [name for name, text in texts.items() if LEAKY_KEY in text or LEAKY_KEY[-12:] in text]
+    assert not leaks, leaks
+    assert "…" in result.stdout + result.stderr or where == "load"  # shown masked instead

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from paceline._redact import redact, remember
 from paceline.clock import Clock
 from paceline.errors import ConfigError, PacelineError
 from paceline.sinks import JSONLSink, SQLiteSink
@@ -89,7 +90,11 @@ class Engine:
         self.auto = concurrency is None and job.keys is not None
         self.concurrency = max(1, concurrency or (AUTO_START if self.auto else FIXED_DEFAULT))
         self.max_concurrency = max(self.concurrency, job.max_concurrency if self.auto else 0)
-        self.redact: Callable[[str], str] = job.keys.redact if job.keys else (lambda s: s)
+        if job.keys is not None:
+            remember((k.secret, k.masked) for k in job.keys.keys)
+        # Every text the run prints or stores: no key of any pool, nor a secret-looking
+        # environment value, in it.
+        self.redact: Callable[[str], str] = redact
 
         self.state = RunState()
         self.progress = Progress(clock)
