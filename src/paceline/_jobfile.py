@@ -47,6 +47,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         raise ConfigError(f"{file}: job {job.name!r} has no task (decorate one with @job.task)")
     _remember_keys(namespace)
     job.home = file.parent.resolve()
+    job.file = file
     _anchor(job, job.home)
     bind = getattr(job.source, "bind", None)
     if callable(bind):  # a source that lives beside its job (paceline.Upload's inbox)

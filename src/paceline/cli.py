@@ -328,6 +328,16 @@ def status(jobfile: Path, store: str | None, as_json: bool) -> int:
             f"  pid {run.get('pid')} on {run.get('host')} · {run.get('rate_now', 0)}/s now"
             f" · ETA {'--' if eta is None else f'{eta:.0f}s'}"
         )
+    workers = data.get("workers") or []
+    if len(workers) > 1:
+        click.echo(f"  {len(workers)} workers:")
+        for w in workers:
+            started = time.strftime("%H:%M:%S", time.localtime(w["started_at"]))
+            beat = max(0.0, time.time() - w["heartbeat"])
+            click.echo(
+                f"    pid {w['pid']} on {w['host']}: since {started}, heartbeat {beat:.0f}s ago,"
+                f" {w['done']:,} done, {w['rate_now']}/s now"
+            )
     if data.get("circuit"):
         click.echo(f"  paused: {circuit_text(data['circuit'])}")
     if data["duplicates"]:

@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Price", "Usage", "read_usage"]
+__all__ = ["Price", "Usage", "money", "read_usage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +61,14 @@ def read_usage(body: Any, request_model: str | None = None) -> Usage | None:
             model, _int(meta.get("promptTokenCount")), _int(meta.get("candidatesTokenCount"))
         )
     return None
+
+
+def money(usd: float) -> str:
+    """Dollars for people: cents from a cent up (``$1,234.57``), and below a cent the
+    digits that matter (``$0.0042``, ``$0.000013``), never a rounded ``$0.00``."""
+    if usd == 0:
+        return "$0.00"
+    if abs(usd) >= 0.01:
+        return f"${usd:,.2f}"
+    decimals = min(12, math.ceil(-math.log10(abs(usd))) + 1)  # two significant digits
+    return f"${usd:.{decimals}f}"

@@ -122,6 +122,8 @@ class Job:
         self.task_fn: TaskFn | None = None
         #: Where the default store lives: the job file's folder when run by the CLI.
         self.home = Path.cwd()
+        #: The job file it came from (set when loaded by the CLI), for messages.
+        self.file: Path | None = None
 
     def task(self, fn: TaskFn) -> TaskFn:
         """Register the task: ``async def task(item, ctx) -> dict | None`` (or a plain def)."""

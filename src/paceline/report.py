@@ -19,6 +19,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .cost import money
+
 if TYPE_CHECKING:
     from .engine import Engine, RunResult, Snapshot
 
@@ -91,17 +93,18 @@ def circuit_text(circuit: dict[str, Any]) -> str:
 
 def cost_text(s: Snapshot) -> str:
     """``$1.23 in all · $0.0041/item · $0.35/minute`` (this run's rates)."""
-    parts = [f"${s.cost_total:,.4f} in all"]
+    parts = [f"{money(s.cost_total)} in all"]
     if s.cost_per_item is not None:
-        parts.append(f"${s.cost_per_item:,.5f}/item")
+        parts.append(f"{money(s.cost_per_item)}/item")
     if s.cost_per_minute is not None:
-        parts.append(f"${s.cost_per_minute:,.4f}/minute")
+        parts.append(f"{money(s.cost_per_minute)}/minute")
     return " · ".join(parts)
 
 
 def summary_text(result: RunResult) -> str:
     """The final summary, printed after every run."""
     s = result.snapshot
+    jobfile = result.jobfile or "JOBFILE"
     if result.stop_reason == "max-items":
         head = f"stopped after --max-items ({s.done_this_run + s.failed_this_run} items)"
     elif result.stop_reason == "budget":
@@ -136,7 +139,11 @@ def summary_text(result: RunResult) -> str:
     if s.cost_total:
         lines.append(f"  cost: {cost_text(s)}")
     if s.duplicates:
-        lines.append(f"  duplicate ids in the source (skipped): {s.duplicates:,}")
+        some = ", ".join(repr(i) for i in s.duplicate_examples)
+        more = f" (e.g. {some})" if some else ""
+        lines.append(f"  duplicate ids in the source (skipped): {s.duplicates:,}{more}")
+    if s.total == 0 and s.source_done:
+        lines.append("  the source is empty: there was nothing to do")
     for key in s.keys:
         lines.append(f"  key {key_line(key)}")
     for note in s.notes:
@@ -145,8 +152,8 @@ def summary_text(result: RunResult) -> str:
     lines.append(f"  store:   {result.store}")
     if s.failed:
         lines.append(
-            "  failed items: `paceline status JOBFILE` shows why; "
-            "`paceline retry JOBFILE` puts them back"
+            f"  failed items: `paceline failures {jobfile}` shows why; "
+            f"`paceline retry {jobfile}` puts them back"
         )
     if result.interrupted or s.pending:
         lines.append("  run the same command again to continue where this run stopped")
@@ -227,6 +234,11 @@ class LogReporter:
         print(summary_text(result), file=self.summary, flush=True)
 
 
+def _line(text: str, style: str) -> Text:
+    """One line of the dashboard: never wrapped; cut with an ellipsis when too long."""
+    return Text(text, style, no_wrap=True, overflow="ellipsis")
+
+
 class LiveReporter:
     """A live dashboard (rich) on a terminal."""
 
@@ -235,20 +247,25 @@ class LiveReporter:
         self._note: str | None = None
 
     def render(self, s: Snapshot) -> Group:
+        """The dashboard for the console's width now: every line fits it (long ones end
+        in an ellipsis), and narrow terminals (under 80 columns) get the short form."""
+        narrow = self.console.width < 80
         finished = s.done + s.failed + s.skipped
         total = max(s.total, 1)
         head = Table.grid(expand=True)
-        head.add_column()
-        head.add_column(justify="right")
+        head.add_column(no_wrap=True, overflow="ellipsis")
+        head.add_column(justify="right", no_wrap=True)
         title = Text.assemble(("paceline ", "bold cyan"), (s.job, "bold"))
-        head.add_row(title, f"elapsed {format_duration(s.elapsed)} · ETA {format_duration(s.eta)}")
+        when = f"ETA {format_duration(s.eta)}"
+        head.add_row(title, when if narrow else f"elapsed {format_duration(s.elapsed)} · {when}")
         bar = Table.grid(expand=True, padding=(0, 1))
         bar.add_column(ratio=1)
-        bar.add_column(justify="right")
-        more = "" if s.source_done else "+ (reading source)"
+        bar.add_column(justify="right", no_wrap=True)
+        more = "" if s.source_done else ("+" if narrow else "+ (reading source)")
+        shown = f"{100.0 * finished / total:5.1f}%"
         bar.add_row(
             ProgressBar(total=total, completed=finished),
-            f"{100.0 * finished / total:5.1f}%  {finished:,}/{s.total:,}{more}",
+            shown if narrow else f"{shown}  {finished:,}/{s.total:,}{more}",
         )
         counts = Text.assemble(
             ("done ", "dim"),
@@ -259,57 +276,74 @@ class LiveReporter:
             f"{s.pending:,}",
             ("  in flight ", "dim"),
             f"{s.running:,}",
+            no_wrap=True,
+            overflow="ellipsis",
         )
         if s.retrying:
             counts.append(f"  (retrying {s.retrying:,})", "yellow")
+        rate_words = ("now", "avg", "peak") if narrow else ("throughput now", "avg", "peak")
         rates = Text(
-            f"throughput now {_rate(s.rate_now)} · avg {_rate(s.rate_avg)} · "
-            f"peak {_rate(s.rate_peak)}",
+            f"{rate_words[0]} {_rate(s.rate_now)} · {rate_words[1]} {_rate(s.rate_avg)} · "
+            f"{rate_words[2]} {_rate(s.rate_peak)}",
             "dim",
+            no_wrap=True,
+            overflow="ellipsis",
         )
         parts: list[object] = [head, bar, counts, rates]
         if s.cost_total:
-            parts.append(Text(f"cost {cost_text(s)}", "dim"))
+            parts.append(_line(f"cost {cost_text(s)}", "dim"))
         if s.keys:
-            keys = Table(box=None, padding=(0, 2), show_edge=False)
-            for column in ("key", "requests", "tokens", "today", "429s", "state"):
-                keys.add_column(column, style="dim" if column == "key" else "")
-            for k in s.keys:
-                today = ", ".join(f"{d['used']:,}/{d['limit']:,}" for d in k.get("today") or [])
-                keys.add_row(
-                    k["key"], f"{k['requests']:,}", f"{k['tokens']:,}", today or "-",
-                    f"{k['rate_limited']:,}", str(k["state"]),
-                )  # fmt: skip
-            parts.append(keys)
+            parts.append(self._keys(s, narrow))
         if s.quota_until:
-            parts.append(Text(
-                f"waiting: every key is out of quota until {_clock_time(s.quota_until)}",
-                "yellow",
-            ))  # fmt: skip
+            until = _clock_time(s.quota_until)
+            parts.append(_line(f"waiting: every key is out of quota until {until}", "yellow"))
         if s.circuit:
-            parts.append(Text(f"paused: {circuit_text(s.circuit)}", "bold yellow"))
+            parts.append(_line(f"paused: {circuit_text(s.circuit)}", "bold yellow"))
         for note in s.notes[-3:]:
-            parts.append(Text(note, "yellow"))
+            parts.append(_line(note, "yellow"))
         if s.errors:
-            parts.append(Text("last errors:", "bold red"))
+            parts.append(_line("last errors:", "bold red"))
             for item_id, error in s.errors[-5:]:
-                parts.append(
-                    Text(f"  {item_id}: {error[:150]}", "red", overflow="ellipsis", no_wrap=True)
-                )
+                parts.append(_line(f"  {item_id}: {error[:300]}", "red"))
         if self._note:
-            parts.append(Text(self._note, "yellow"))
+            parts.append(_line(self._note, "yellow"))
         return Group(*parts)  # type: ignore[arg-type]
 
+    def _keys(self, s: Snapshot, narrow: bool) -> Table:
+        columns = ("key", "today", "state") if narrow else (
+            "key", "requests", "tokens", "today", "429s", "state",
+        )  # fmt: skip
+        keys = Table(box=None, padding=(0, 2 if not narrow else 1), show_edge=False)
+        for column in columns:
+            keys.add_column(
+                column, style="dim" if column == "key" else "", no_wrap=True, overflow="ellipsis"
+            )
+        for k in s.keys:
+            today = ", ".join(f"{d['used']:,}/{d['limit']:,}" for d in k.get("today") or [])
+            cells = {
+                "key": k["key"], "requests": f"{k['requests']:,}", "tokens": f"{k['tokens']:,}",
+                "today": today or "-", "429s": f"{k['rate_limited']:,}", "state": str(k["state"]),
+            }  # fmt: skip
+            keys.add_row(*(cells[c] for c in columns))
+        return keys
+
     async def follow(self, engine: Engine) -> None:
+        console = self.console
         with Live(
             self.render(engine.snapshot()),
-            console=self.console,
+            console=console,
             refresh_per_second=4,
             transient=False,
         ) as live:
+            width = console.width
             try:
                 while True:
                     await asyncio.sleep(0.25)
+                    if console.width != width:
+                        # After a resize the old frame's lines wrap differently and the
+                        # cursor cannot find them all: clear the screen, draw afresh.
+                        width = console.width
+                        console.clear()
                     live.update(self.render(engine.snapshot()))
             finally:
                 live.update(self.render(engine.snapshot()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from paceline.clock import Clock
-from paceline.cost import Price, Usage
+from paceline.cost import Price, Usage, money
 from paceline.store import Budget, Store
 
 from .progress import Progress
@@ -77,7 +77,7 @@ class Budgets:
         self.cost_committed = store.cost()
         if self.budget is not None and self.cost_committed >= self.budget:
             self.progress.note(
-                f"budget of ${self.budget:,.2f} already spent (${self.cost_committed:,.2f})"
+                f"budget of {money(self.budget)} already spent ({money(self.cost_committed)})"
             )
             self.state.stopping = "budget"
             return
@@ -111,7 +111,7 @@ class Budgets:
         self.cost_run += cost
         self.unsaved += cost
         if self.budget is not None and self.cost_total >= self.budget and self.state.taking:
-            self.progress.note(f"budget of ${self.budget:,.2f} reached")
+            self.progress.note(f"budget of {money(self.budget)} reached")
             self.state.stop("budget")
 
     def take_unsaved(self) -> float:
@@ -124,7 +124,7 @@ class Budgets:
         """The store's total, read by the heartbeat (other workers add to it too)."""
         self.cost_committed = max(self.cost_committed, committed)
         if self.budget is not None and self.cost_total >= self.budget and self.state.taking:
-            self.progress.note(f"budget of ${self.budget:,.2f} reached")
+            self.progress.note(f"budget of {money(self.budget)} reached")
             self.state.stop("budget")
 
 

@@ -47,6 +47,8 @@ class Snapshot:
     peers: list[dict[str, Any]] = field(default_factory=list)
     #: While the provider fails for everyone: since when, why, when the next probe goes.
     circuit: dict[str, Any] | None = None
+    #: A few of the ids the source repeats (for the summary).
+    duplicate_examples: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -61,6 +63,8 @@ class RunResult:
     sink: str
     #: Why the run could not go on (the store or the sink failed), in one line.
     error: str | None = None
+    #: The job file the run came from, to name it in the summary's hints.
+    jobfile: str | None = None
     exit_code: int = field(init=False)
 
     def __post_init__(self) -> None:

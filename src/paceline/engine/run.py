@@ -123,6 +123,7 @@ class Engine:
         self._attempts: Attempts | None = None
         self._dispatcher: Dispatcher | None = None
         self._started = False
+        self._duplicate_examples: list[str] = []
         if self.pool is not None:
             self.state.on_stop(self.pool.close)
 
@@ -211,9 +212,12 @@ class Engine:
                 raise state.fatal
             self.progress.note(error)
         self.progress.tick()  # the summary's rates include the very end
+        snapshot = self.snapshot()
+        snapshot.duplicate_examples = self._duplicate_examples
+        jobfile = getattr(job, "file", None)
         return RunResult(
-            self.snapshot(), state.interrupted, state.stopping,
-            describe_target(self.store_target), job.sink.describe(), error,
+            snapshot, state.interrupted, state.stopping, describe_target(self.store_target),
+            job.sink.describe(), error, None if jobfile is None else str(jobfile),
         )  # fmt: skip
 
     def _describe_failure(self, exc: BaseException) -> str | None:
@@ -278,7 +282,11 @@ class Engine:
                 self._attempts.close()
             self.refiller.close()
             if self.io.opened:
-                await self.io.call(self.io.store.release, self.worker_id, self.budgets.caps())
+                store = self.io.store
+                await self.io.call(store.release, self.worker_id, self.budgets.caps())
+                if self.progress.duplicates:
+                    _, some = await self.io.call(store.duplicates, 3)
+                    self._duplicate_examples = [item_id for _, item_id, _ in some]
         finally:
             ended = "failed" if state.fatal is not None else (
                 "stopped" if state.stopping else "finished"
