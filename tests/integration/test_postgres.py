@@ -70,3 +70,43 @@ def test_a_job_from_sqlite_into_postgres_is_safe_to_rerun(pg_dsn: str, tmp_path:
         sample = conn.execute("SELECT name FROM users_copy WHERE id = '7'").fetchone()
     assert (count, distinct) == (300, 300)
     assert sample == ("USER 7",)
+
+
+async def test_a_dropped_sink_connection_is_reopened_and_fails_no_row(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    job = pl.Job(
+        "dropped",
+        source=[{"id": f"i{n:04d}", "n": n} for n in range(3000)],
+        sink=pl.PostgresSink(pg_dsn, table="rows"),
+        concurrency=8,
+    )
+
+    @job.task
+    async def slow(item: pl.Item, ctx: pl.Context) -> dict[str, Any]:
+        await asyncio.sleep(0.01)
+        return {"n": item.data["n"]}
+
+    async def drop_connections() -> int:
+        dropped = 0
+        for _ in range(6):
+            await asyncio.sleep(0.3)
+            with psycopg.connect(pg_dsn, autocommit=True) as admin:
+                rows = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND application_name <> 'paceline'"
+                ).fetchall()
+            dropped += len(rows)
+        return dropped
+
+    run = asyncio.create_task(job.run_async(store=tmp_path / "s.db"))
+    dropped = await drop_connections()
+    result = await asyncio.wait_for(run, timeout=120)
+    assert dropped >= 3, "the sink's connection was not dropped; the test proves nothing"
+    assert (result.exit_code, result.snapshot.done, result.snapshot.failed) == (0, 3000, 0)
+    with psycopg.connect(pg_dsn) as conn:
+        (count, distinct) = conn.execute("SELECT count(*), count(DISTINCT id) FROM rows").fetchone()
+    assert (count, distinct) == (3000, 3000)

@@ -44,10 +44,7 @@ def sink_level(exc: BaseException) -> bool:
     row's values."""
     if isinstance(exc, OSError):
         return True
-    if type(exc).__module__.startswith("psycopg") and type(exc).__name__ in (
-        "OperationalError",
-        "InterfaceError",
-    ):
+    if _connection_error(exc):
         return True  # the connection, not the row (psycopg is an optional extra)
     if isinstance(exc, sqlite3.OperationalError):
         text = str(exc).lower()
@@ -60,11 +57,19 @@ def transient(exc: BaseException) -> bool:
     text = str(exc).lower()
     if isinstance(exc, sqlite3.OperationalError):
         return "locked" in text or "busy" in text
-    if type(exc).__module__.startswith("psycopg"):
-        return type(exc).__name__ in ("OperationalError", "InterfaceError") or any(
-            c.__name__ == "OperationalError" for c in type(exc).__mro__
-        )
+    if _connection_error(exc):
+        return True
     return type(exc).__name__ == "StoreConnectionError"
+
+
+def _connection_error(exc: BaseException) -> bool:
+    """A psycopg error about the connection: every ``OperationalError`` (``AdminShutdown``
+    when the server drops it, a failed connect, …) and ``InterfaceError``; not a row's
+    values (``DataError``, ``IntegrityError``, …)."""
+    return any(
+        c.__module__.startswith("psycopg") and c.__name__ in ("OperationalError", "InterfaceError")
+        for c in type(exc).__mro__
+    )
 
 
 class Committer:
