@@ -88,6 +88,24 @@ def test_ingest_inserts_pending_items(store: Store) -> None:
     ]
 
 
+def test_ingest_may_claim_the_new_items_it_inserts(store: Store) -> None:
+    chunk = (good(1, "a", v=1), good(2, "b"), good(3, "a", v="again"), bad(4), good(5, "c"))
+    result = store.ingest(chunk, chunk[-1].after, False, NOW, take=2, worker_id="w",
+                          budgets=[("run:r", 10)])  # fmt: skip
+    taken = list(result.taken)  # a backend may take none: the worker claims as usual
+    assert len(taken) <= 2
+    assert (result.inserted, result.invalid, result.duplicates) == (3, 1, 1)
+    claimed = taken + store.claim(10, "w")
+    assert [(i.id, i.data) for i in claimed] == [
+        ("a", {"id": "a", "v": 1}), ("b", {"id": "b"}), ("c", {"id": "c"}),
+    ]  # fmt: skip
+    assert store.counter("run:r") == len(taken)
+    assert nonzero(store.counts()) == {"running": 3, "failed": 1}
+    assert nonzero(store.counts()) == by_status(store)
+    done = store.complete([outcome(i, Status.DONE) for i in claimed], NOW, worker_id="w")
+    assert len(done) == 3
+
+
 def test_an_invalid_line_becomes_a_failed_item_named_after_its_line(store: Store) -> None:
     result = ingest(store, good(1, "a"), bad(2, "not a JSON object but list"))
     assert result == IngestResult(1, 1, 0)

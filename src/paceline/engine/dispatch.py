@@ -201,6 +201,17 @@ class Dispatcher:
             self.committer.add(result)
         return items
 
+    def hunger(self) -> tuple[int, list[tuple[str, int]]]:
+        """How many items the workers want now, and the budgets a claim counts against
+        (for the ingest, which can claim what it inserts)."""
+        if not self.state.taking:
+            return 0, []
+        return max(0, self.target - self.queue.qsize()), self.budgets.caps()
+
+    async def deliver(self, items: list[Item]) -> None:
+        """Items claimed by the ingest as it inserted them."""
+        await self._enqueue(items)
+
     async def _enqueue(self, items: list[Item]) -> None:
         for item in await self._ready(items):
             self.queue.put_nowait(item)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -59,8 +59,15 @@ class Ingestor:
         clock: Clock,
         worker_id: str,
         redact: Callable[[str], str],
+        take: Callable[[], tuple[int, list[tuple[str, int]]]] | None = None,
+        deliver: Callable[[list[Item]], Awaitable[None]] | None = None,
     ) -> None:
         self.job = job
+        # Items of a chunk can be claimed as they go in (no claim to run afterwards)
+        # when nothing else orders the work: ``take`` says how many the workers want,
+        # and under which budgets; ``deliver`` hands them over.
+        self.take = take if job.priority is None else None
+        self.deliver = deliver
         self.io = io
         self.progress = progress
         self.state = state
@@ -108,8 +115,11 @@ class Ingestor:
                 chunk = await loop.run_in_executor(reader, self._read_chunk, records)
                 exhausted = len(chunk) < INGEST_CHUNK
                 after = chunk[-1].after if chunk else None
-                result = await io.call(self._store_chunk, chunk, after, exhausted)
+                take, budgets = self.take() if self.take is not None else (0, [])
+                result = await io.call(self._store_chunk, chunk, after, exhausted, take, budgets)
                 self._count(chunk, result)
+                if result.taken and self.deliver is not None:
+                    await self.deliver(list(result.taken))
                 if exhausted:
                     self.progress.source_done = True
                     return
@@ -118,7 +128,7 @@ class Ingestor:
 
     def _count(self, chunk: list[Record], result: IngestResult) -> None:
         progress = self.progress
-        progress.add("pending", result.inserted)
+        progress.add("pending", result.inserted)  # the taken move on when delivered
         progress.add("failed", result.invalid)
         progress.add("skipped", result.skipped)
         progress.duplicates += result.duplicates
@@ -163,9 +173,17 @@ class Ingestor:
         ]
 
     def _store_chunk(
-        self, chunk: list[Record], after: Position | None, exhausted: bool
+        self,
+        chunk: list[Record],
+        after: Position | None,
+        exhausted: bool,
+        take: int,
+        budgets: list[tuple[str, int]],
     ) -> IngestResult:
         store = self.io.store
         if after is None:
             after = store.source_position()[0]
-        return store.ingest(chunk, after, exhausted, self.clock.time())
+        return store.ingest(
+            chunk, after, exhausted, self.clock.time(), take=take, worker_id=self.worker_id,
+            budgets=budgets,
+        )  # fmt: skip

@@ -168,8 +168,9 @@ class Engine:
             )  # fmt: skip
             dispatcher.spawn(self.concurrency)
             ingestor = Ingestor(
-                job, self.io, self.progress, state, self.clock, self.worker_id, self.redact
-            )
+                job, self.io, self.progress, state, self.clock, self.worker_id, self.redact,
+                take=dispatcher.hunger, deliver=dispatcher.deliver,
+            )  # fmt: skip
             helpers = [
                 asyncio.create_task(ingestor.run()),
                 asyncio.create_task(self.committer.run()),

@@ -398,8 +398,18 @@ class PostgresStore:
         return Position(int(row[0]), int(row[1])), bool(row[2])
 
     def ingest(
-        self, records: Sequence[Record], after: Position, exhausted: bool, now: float
+        self,
+        records: Sequence[Record],
+        after: Position,
+        exhausted: bool,
+        now: float,
+        *,
+        take: int = 0,
+        worker_id: str = "",
+        budgets: Sequence[Budget] = (),
     ) -> IngestResult:
+        """Insert a chunk of records and the position after them, atomically (new items
+        go in pending: every worker claims its share)."""
         valid = [r for r in records if r.error is None]
         invalid = [r for r in records if r.error is not None]
 

@@ -137,9 +137,19 @@ class Store(StoreReader, Protocol):
     def unlock_source(self) -> None: ...
 
     def ingest(
-        self, records: Sequence[Record], after: Position, exhausted: bool, now: float
+        self,
+        records: Sequence[Record],
+        after: Position,
+        exhausted: bool,
+        now: float,
+        *,
+        take: int = 0,
+        worker_id: str = "",
+        budgets: Sequence[Budget] = (),
     ) -> IngestResult:
-        """Insert a chunk of records and the position after them, atomically."""
+        """Insert a chunk of records and the position after them, atomically. With
+        ``take``, up to that many of the chunk's new items are claimed at once for
+        ``worker_id`` (a backend may take none: the worker then claims as usual)."""
         ...
 
     def claim(

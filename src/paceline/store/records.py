@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from paceline.item import Status
+from paceline.item import Item, Status
 
 __all__ = [
     "EXPEDITED",
@@ -47,12 +47,14 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    """What one chunk of source records did to the store."""
+    """What one chunk of source records did to the store; ``taken``: items of the chunk
+    claimed at once for the worker that read it (counted in ``inserted`` too)."""
 
     inserted: int
     invalid: int
     duplicates: int
     skipped: int = 0
+    taken: tuple[Item, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,19 +215,41 @@ class SQLiteStore:
         return Position(row[0], row[1]), bool(row[2])
 
     def ingest(
-        self, records: Sequence[Record], after: Position, exhausted: bool, now: float
+        self,
+        records: Sequence[Record],
+        after: Position,
+        exhausted: bool,
+        now: float,
+        *,
+        take: int = 0,
+        worker_id: str = "",
+        budgets: Sequence[Budget] = (),
     ) -> IngestResult:
-        """Insert a chunk of source records and the position after them, atomically."""
+        """Insert a chunk of source records and the position after them, atomically;
+        the first ``take`` new items go in claimed for ``worker_id`` (no claim to run
+        afterwards, and their records need not be read back)."""
         valid = [r for r in records if r.error is None]
         invalid = [r for r in records if r.error is not None]
         db = self.db
         with _transaction(db):
+            take = self._room(take, budgets) if take > 0 else 0
+            wanted = [r for r in valid if not r.skip]
+            groups = {
+                "running": wanted[:take],
+                "pending": wanted[take:],
+                "skipped": [r for r in valid if r.skip],
+            }
             counted = {}
-            for status in ("pending", "skipped"):
+            first_seq = 0
+            for status, group in groups.items():
+                if status == "running" and group:
+                    row = db.execute("SELECT coalesce(max(seq), 0) FROM items").fetchone()
+                    first_seq = row[0]
                 before = db.total_changes
                 db.executemany(
-                    "INSERT INTO items (id, data, status, priority, line, updated_at, src_offset) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO items (id, data, status, priority, line, updated_at, "
+                    "src_offset, lease) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING",
                     [
                         (
                             r.id,
@@ -237,13 +259,30 @@ class SQLiteStore:
                             r.line,
                             now,
                             None if r.start is None else r.start.offset,
+                            worker_id if status == "running" else None,
                         )
-                        for r in valid
-                        if r.skip == (status == "skipped")
+                        for r in group
                     ],
                 )
                 counted[status] = db.total_changes - before
-            inserted, skipped = counted["pending"], counted["skipped"]
+            taken: list[Item] = []
+            if counted["running"]:
+                by_id: dict[str | None, Record] = {}
+                for r in groups["running"]:
+                    by_id.setdefault(r.id, r)  # a repeated id: the first one went in
+                for seq, item_id in db.execute(
+                    "SELECT seq, id FROM items WHERE seq > ? AND status='running' AND lease=? "
+                    "ORDER BY seq",
+                    (first_seq, worker_id),
+                ):
+                    r = by_id[item_id]
+                    assert r.data is not None
+                    at = None if r.start is None else r.start.offset
+                    taken.append(Item(item_id, r.data, r.priority, 0, seq, at, r.line))
+                _move(db, None, "running", len(taken))
+                self._spend(budgets, len(taken))
+            inserted = counted["pending"] + len(taken)
+            skipped = counted["skipped"]
             duplicates = 0
             if inserted + skipped < len(valid):
                 duplicates = self._record_duplicates(valid)
@@ -254,7 +293,7 @@ class SQLiteStore:
                 [(invalid_id(r.line), f"line {r.line}: {r.error}", r.line, now) for r in invalid],
             )
             failed = db.total_changes - before
-            _move(db, None, "pending", inserted)
+            _move(db, None, "pending", inserted - len(taken))
             _move(db, None, "skipped", skipped)
             _move(db, None, "failed", failed)
             db.execute(
@@ -263,7 +302,7 @@ class SQLiteStore:
                 "line=excluded.line, exhausted=excluded.exhausted",
                 (after.offset, after.line, int(exhausted)),
             )
-        return IngestResult(inserted, failed, duplicates, skipped)
+        return IngestResult(inserted, failed, duplicates, skipped, tuple(taken))
 
     def _record_duplicates(self, valid: Sequence[Record]) -> int:
         # An id already present with another line number is a true duplicate; the same
