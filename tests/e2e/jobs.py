@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 # A job that sends each item through the simulated OpenAI-style API; the sim's URL comes
@@ -142,3 +144,29 @@ def write_shared_keys_job(folder: Path, items: int, *, rpm: int) -> Path:
     job = folder / "job.py"
     job.write_text(SHARED_KEYS_JOB.format(keys=SHARED_KEYS, rpm=rpm))
     return job
+
+
+def start_worker(job: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """``paceline run JOB`` as a worker process of its own (no terminal, no stdin)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "paceline", "run", str(job), "--progress", "none", *args],
+        cwd=job.parent,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish_workers(workers: list[subprocess.Popen[str]], timeout: float = 180) -> None:
+    """Wait for every worker to end well; kill any left when something fails."""
+    try:
+        for w in workers:
+            _, err = w.communicate(timeout=timeout)
+            assert w.returncode == 0, err
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()

@@ -10,34 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.conftest import PrivateRedis, RedisTarget, SimFactory, paceline_cmd
-from tests.e2e.jobs import write_shared_keys_job
+from tests.conftest import PrivateRedis, RedisTarget, SimFactory
+from tests.e2e.jobs import finish_workers, start_worker, write_shared_keys_job
 
 from paceline.sim import KeyLimits
 
 
 def start(job: Path, env: dict[str, str], limiter: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        paceline_cmd("run", job, "--progress", "none", "--limiter", limiter),
-        cwd=job.parent,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(workers: list[subprocess.Popen[str]]) -> None:
-    try:
-        for w in workers:
-            _, err = w.communicate(timeout=180)
-            assert w.returncode == 0, err
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
+    return start_worker(job, env, "--limiter", limiter)
 
 
 @pytest.mark.slow
@@ -53,7 +33,7 @@ def test_four_workers_on_one_redis_keep_each_keys_pace_together(
     env = {**os.environ, "PG_DSN": pg_dsn, "PACELINE_STORE": pg_dsn, "SIM_URL": sim.url}
     limiter = f"{redis_url.url}?prefix={redis_url.prefix}"
     started = time.monotonic()
-    finish([start(job, env, limiter) for _ in range(4)])
+    finish_workers([start(job, env, limiter) for _ in range(4)])
     elapsed = time.monotonic() - started
     stats = httpx.get(sim.url + "/_sim/stats").json()["total"]
     assert stats["ok"] == items and stats["rate_limited"] == 0, stats
@@ -74,7 +54,7 @@ def test_redis_restarted_mid_run_neither_crashes_the_workers_nor_draws_a_storm(
     private_redis.kill()  # its state is gone: it kept nothing on disk
     time.sleep(1)
     private_redis.start()
-    finish(workers)
+    finish_workers(workers)
     stats = httpx.get(sim.url + "/_sim/stats").json()["total"]
     assert stats["ok"] == 160, stats
     assert stats["rate_limited"] <= 2, stats  # no storm: at most a stray one

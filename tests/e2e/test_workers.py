@@ -6,26 +6,13 @@ import json
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
-from tests.conftest import paceline_cmd, run_cli
-from tests.e2e.jobs import write_worker_job
-
-
-def start_worker(job: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        paceline_cmd("run", job, "--progress", "none", *args),
-        cwd=job.parent,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+from tests.conftest import run_cli
+from tests.e2e.jobs import finish_workers, start_worker, write_worker_job
 
 
 def status(job: Path, env: dict[str, str]) -> dict[str, object]:
@@ -71,14 +58,8 @@ def test_four_workers_killed_twenty_times_end_with_every_item_once(
             kills += 1
             workers[victim] = start_worker(job, env)
         assert kills >= 20, f"the job finished after {kills} kills; make it longer"
-        for w in workers:
-            _, err = w.communicate(timeout=120)
-            assert w.returncode == 0, err
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait()
+        finish_workers(workers, timeout=120)
     final = status(job, env)
     assert (final["total"], final["done"], final["failed"]) == (items, items, 0)
     assert final["pending"] == final["running"] == 0
