@@ -61,12 +61,25 @@ def test_a_missing_env_file_is_not_an_error(tmp_path: Path) -> None:
     assert secrets(pool) == ["k1"]
 
 
-def test_no_keys_is_a_config_error_naming_the_variables_to_set() -> None:
-    with pytest.raises(ConfigError) as info:
-        KeyPool.from_env("OPENAI_KEY", env_file=None, environ={"OPENAI_KEY_1": "  "})
-    message = str(info.value)
-    assert "OPENAI_KEY_1" in message
-    assert "OPENAI_KEY=" in message
+async def test_no_keys_is_a_config_error_when_a_run_needs_them_naming_the_variables() -> None:
+    # Loading a job file where its keys are not set (status, export on another machine)
+    # works; a run binding the pool, or a request, says what to set.
+    pool = KeyPool.from_env("OPENAI_KEY", env_file=None, environ={"OPENAI_KEY_1": "  "})
+    assert pool.keys == []
+    assert pool.describe(0.0) == []
+    assert not pool.limited
+    assert pool.redact("text") == "text"
+    for needs_keys in (
+        lambda: pool.bind(FakeClock(), lambda message: None),
+        pool.require_keys,
+    ):
+        with pytest.raises(ConfigError) as info:
+            needs_keys()
+        message = str(info.value)
+        assert message.startswith("no keys found: set OPENAI_KEY_1")
+        assert "OPENAI_KEY=" in message
+    with pytest.raises(ConfigError, match="no keys found"):
+        await pool.acquire()
 
 
 def test_an_empty_key_list_is_a_config_error() -> None:
@@ -276,8 +289,9 @@ def test_shorthands_and_general_limits_add_up() -> None:
         "1500/day",
         "8 concurrent",
     ]
+    # A pool without limits set still bounds the run: its limits are learned.
     assert pool.limited
-    assert not KeyPool(["ka"]).limited
+    assert KeyPool(["ka"]).limited
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,11 @@
 
 Every half second: if every request was admitted at once, (nearly) every worker is busy,
 no 429 came back and items are waiting, the keys have room the workers cannot fill: grow
-by half, up to what Little's law says is useful. 429s mean the provider is the bound
-already: shrink by a quarter. Many workers only waiting for slots: hand a tenth back.
+by half, up to what Little's law says is useful. The keys' limits need not be known for
+that: a pool that starts without any grows while no 429 comes back, and once the answers
+have taught its limits, Little's law bounds it (a fixed window with something left bounds
+nothing: it is spent as fast as the job can). 429s mean the provider is the bound already:
+shrink by a quarter. Many workers only waiting for slots: hand a tenth back.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import math
 
 from paceline.clock import Clock
+from paceline.plan import pace
 
 from .attempt import Attempts
 from .dispatch import Dispatcher
@@ -75,10 +79,11 @@ class Autoscaler:
     def useful_workers(self) -> int:
         """Little's law: items in flight = item rate the keys allow × time per item.
 
-        Half again as many, for the spread of latencies; no bound when the keys' limits
-        are unknown (then 429s and waits are the signal).
+        Half again as many, for the spread of latencies; no bound while the keys' pace is
+        unknown or unbounded (limits not learned yet, a fixed window with room left): then
+        429s and waits are the signal.
         """
-        per_minute = self.pool.per_minute()
+        per_minute = pace(self.pool.pool, self.clock.time())
         finished = self.progress.done_run + self.progress.failed_run
         seconds = self.attempts.seconds
         if math.isinf(per_minute) or not finished or seconds <= 0:
