@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from paceline.clock import FakeClock
 from paceline.errors import ConfigError
 from paceline.feedback import Feedback, Verdict
-from paceline.keys import Cost, Key, KeyPool, NoUsableKey
+from paceline.keys import Cost, Key, KeyPool, NoUsableKey, describe_state, shown_until
 from paceline.limiter import Lease
 
 LONG = "sk-live-0123456789abcdef"
@@ -372,3 +373,27 @@ def test_the_limiter_and_the_meters_do_not_import_keys() -> None:
             else:
                 continue
             assert not any(name.split(".")[-1] == "keys" for name in names), (path, names)
+
+
+# -- states shown --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "until",
+    [math.inf, -math.inf, math.nan, 253_402_300_800.0, 1e300, 9.9e15, None],
+)
+def test_a_state_until_no_time_shown_is_for_this_run_and_never_raises(
+    until: float | None,
+) -> None:
+    assert describe_state("parked", until, 1_700_000_000.0) == "parked for this run"
+    assert shown_until(until) is None
+
+
+async def test_key_rows_show_until_as_a_finite_time_or_none() -> None:
+    clock = FakeClock()
+    pool = KeyPool(["ka-0123456789abcdef", "kb-0123456789abcdef"], clock=clock)
+    pool.settle(await pool.acquire(), Feedback(Verdict.QUOTA_EXHAUSTED, None))
+    pool.settle(await pool.acquire(), rate_limited(clock.time() + 30))
+    parked, cooling = pool.describe(clock.time())
+    assert (parked["state"], parked["until"]) == ("parked for this run", None)
+    assert cooling["until"] == clock.time() + 30

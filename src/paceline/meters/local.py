@@ -421,8 +421,10 @@ class FixedMeter:
         return max(0.0, self.limit.count - self.available(now))
 
     def usage(self, now: float) -> WindowUsage:
-        end = -math.inf if now >= self.reset else self.end
-        return WindowUsage(self.limit, self.available(now), end)
+        reset = self.reset if now < self.reset else -math.inf
+        return WindowUsage(
+            self.limit, self.available(now), reset if math.isfinite(reset) else -math.inf
+        )
 
 
 class ConcurrencyMeter:

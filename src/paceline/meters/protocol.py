@@ -203,7 +203,8 @@ class DayUsage:
 
 @dataclass(frozen=True, slots=True)
 class WindowUsage:
-    """What is left of a fixed window, and when it resets (``-inf``: not known yet)."""
+    """What is left of a fixed window, and when it may be used again: its reset, and the
+    reset's precision (``-inf``: not known yet)."""
 
     limit: Limit
     left: float

@@ -751,10 +751,10 @@ class RedisBackend:
         windows = []
         for mid, m in meters:
             if mid in g.fixed:
-                left, end, reset = g.fixed[mid]
+                left, _end, reset = g.fixed[mid]
                 if now >= reset:
-                    left, end = float(m.limit.count), -math.inf
-                windows.append(WindowUsage(m.limit, left, end))
+                    left, reset = float(m.limit.count), -math.inf
+                windows.append(WindowUsage(m.limit, left, reset if reset < math.inf else -math.inf))
         return GroupView(
             group,
             tuple(m.limit for _, m in meters),
