@@ -129,6 +129,8 @@ class Lease(Generic[K]):
     refunded: bool = False
     #: requests of this process in flight on the key's group when it was sent (itself too)
     flying: int = 1
+    #: the fixed windows its answer said something of
+    reported: frozenset[str] = frozenset()
 
     @property
     def tokens(self) -> int:
@@ -445,6 +447,13 @@ class Limiter(Generic[K]):
         self._flying[group] = max(0, self._flying.get(group, 0) - 1)
         reservation = lease.reservation
         if reservation is not None:
+            if not lease.refunded:
+                # An answer that said nothing of a fixed window (a transport error, no
+                # headers): the provider may have counted the request, so it counts.
+                for limit in self.backend.view(group, self.clock.time()).limits:
+                    mid = meter_id(limit)
+                    if limit.fixed and mid not in lease.reported:
+                        self.backend.reconcile(reservation, mid, None, None)
             self.backend.release(reservation)
             if reservation.slot:
                 self._wake_one()
@@ -562,13 +571,15 @@ class Limiter(Generic[K]):
                     limits = None
                     self.on_event(f"key {key.masked}: limit lowered to {lowered.describe()}")
                 if fixed and window.remaining is not None and lease.reservation is not None:
+                    mid = meter_id(lim)
                     self.backend.reconcile(
                         lease.reservation,
-                        meter_id(lim),
+                        mid,
                         window.remaining,
                         window.reset_at,
                         window.reset_slack,
                     )
+                    lease.reported |= {mid}
             spent = window.remaining == 0 and window.reset_at is not None
             if spent and window.reset_at is not None and window.reset_at > now:
                 smooth = [lim for lim in matching if not (lim.fixed or window.fixed)]

@@ -440,9 +440,15 @@ async def test_a_fixed_window_spends_what_is_left_at_once_then_waits_for_its_res
     # GitHub answers: 5 left (this request counted), the window resets in 20 s.
     meters.backend.reconcile(first, "r3600", 5, T0 + 20, 1.0)
     meters.backend.release(first)
-    assert len(await meters.burst()) == 5  # what is left, at once
+    burst = await meters.burst()
+    assert len(burst) == 5  # what is left, at once
     answer = await meters.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)
     assert answer.refusal is Refusal.LATER  # nothing is reserved for the next window
+    assert answer.at == pytest.approx(T0 + 0.1)  # but in flight: they may say more is left
+    for left, reservation in enumerate(reversed(burst)):
+        meters.backend.reconcile(reservation, "r3600", left, T0 + 20, 1.0)
+    answer = await meters.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)
+    assert answer.refusal is Refusal.LATER
     assert answer.at == pytest.approx(T0 + 21, abs=0.01)  # the reset, and its precision
     (window,) = meters.backend.view("g1", T0).windows
     assert (window.left, window.resets_at) == (0, pytest.approx(T0 + 21, abs=0.01))
@@ -456,22 +462,46 @@ async def test_requests_in_flight_count_against_what_an_answer_says_is_left(
 ) -> None:
     meters.group("100/hour fixed")
     r1, r2, r3 = [await meters.reserve() for _ in range(3)]
-    # r2's answer: 10 left after it. r3 was taken after it (not in that count), r1 before
-    # it and still in flight (it may have reached the provider after r2): both count.
+    # r2's answer: 10 left. r1 and r3 are still in flight: either may have reached the
+    # provider after r2, so both count against the 10.
     meters.backend.reconcile(r2, "r3600", 10, T0 + 600, 1.0)
     meters.backend.release(r2)
     taken = await meters.burst()
     assert len(taken) == 8
-    # An older answer (r1's) says less about now than r2's: it changes nothing.
-    meters.backend.reconcile(r1, "r3600", 12, T0 + 600, 1.0)
-    meters.backend.release(r1)
-    meters.backend.release(r3)
-    assert len(await meters.burst()) == 1  # r1 landed: it was counted in r2's answer
-    # A newer answer is heeded, whatever it says.
-    meters.backend.reconcile(taken[-1], "r3600", 4, T0 + 600, 1.0)
+    # r1 was admitted before r2 (12 left then): nothing new. r3 after it (9): one less.
+    for r, left in ((r1, 12), (r3, 9)):
+        meters.backend.reconcile(r, "r3600", left, T0 + 600, 1.0)
+        meters.backend.release(r)
+    assert len(await meters.burst()) == 1
+    # Answers that say nothing of the window (a transport error): counted, to be safe.
     for reservation in taken:
+        meters.backend.reconcile(reservation, "r3600", None, None)
         meters.backend.release(reservation)
-    assert len(await meters.burst()) == 3  # the one taken after the answer counts
+    assert len(await meters.burst()) == 0
+
+
+async def test_the_answer_that_says_least_is_heeded_whatever_order_they_come_in(
+    meters: Meters,
+) -> None:
+    meters.group("100/hour fixed")
+    r1, r2, r3, r4 = [await meters.reserve() for _ in range(4)]
+    # r4 reached the provider before r3 (another connection): r4 says 6 left, r3 says 5.
+    # Answered r4 first, the meter must not trust r4's 6 for what r3 took: r3 is still
+    # in flight, so it is subtracted.
+    for r, left in ((r1, 8), (r2, 7), (r4, 6)):
+        meters.backend.reconcile(r, "r3600", left, T0 + 600, 1.0)
+        meters.backend.release(r)
+    await meters.backend.refresh()  # (Redis: what this process reads back)
+    assert meters.backend.view("g1", T0).windows[0].left == 5
+    meters.backend.reconcile(r3, "r3600", 5, T0 + 600, 1.0)
+    meters.backend.release(r3)
+    await meters.backend.refresh()
+    assert meters.backend.view("g1", T0).windows[0].left == 5  # exactly what is left
+    # A request of another client: fewer left than our own count says. Heeded.
+    r5 = await meters.reserve()
+    meters.backend.reconcile(r5, "r3600", 1, T0 + 600, 1.0)
+    meters.backend.release(r5)
+    assert len(await meters.burst()) == 1
 
 
 async def test_an_answer_from_the_window_before_is_ignored(meters: Meters) -> None:
@@ -490,7 +520,9 @@ async def test_a_fixed_window_nobody_announced_runs_from_its_first_request(
     meters: Meters,
 ) -> None:
     meters.group("3/minute fixed")
-    assert len(await meters.burst()) == 3
+    for reservation in await meters.burst():  # answered without a word about the window
+        meters.backend.reconcile(reservation, "r60", None, None)
+        meters.backend.release(reservation)
     answer = await meters.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=T0 + 30)
     assert answer.refusal is Refusal.LATER
     assert answer.at == pytest.approx(T0 + 60, abs=0.01)

@@ -170,3 +170,50 @@ async def test_a_concurrency_limit_is_learned_and_not_tripped_again_and_again() 
     assert stats["rate_limited"] <= 0.02 * stats["requests"]
     limits = provider.pool.limiter.view(provider.pool.keys[0].fingerprint).limits
     assert [lim.unit for lim in limits if lim.unit == "concurrent"] == ["concurrent"]
+
+
+# -- shared through Redis, in real time ----------------------------------------------------
+
+
+async def test_workers_sharing_fixed_windows_through_redis_spend_them_together(
+    sim_server: Any, redis_url: Any
+) -> None:
+    from paceline.clock import SYSTEM_CLOCK
+    from paceline.meters import open_meter_backend
+
+    secrets = keys(2)
+    limits = KeyLimits(rph=5000, rph_left=40, rph_reset=2)
+    server = sim_server(keys=dict.fromkeys(secrets, limits), latency="fixed:0.05")
+    left = 160  # 80 of them before the reset (2 × 40), 80 after
+    answered: list[tuple[float, int]] = []
+
+    async def worker() -> None:
+        nonlocal left
+        pool = KeyPool(secrets, auth="token")
+        backend = open_meter_backend(redis_url.url, prefix=redis_url.prefix)
+        pool.bind(SYSTEM_CLOCK, lambda message: None, backend=backend)
+        await pool.limiter.start()
+        try:
+            async with httpx.AsyncClient(base_url=server.url) as http:
+                client = PoolClient(http, pool, SYSTEM_CLOCK)
+
+                async def one() -> None:
+                    nonlocal left
+                    while left > 0:
+                        left -= 1
+                        r = await client.get(GITHUB)
+                        answered.append((SYSTEM_CLOCK.time(), r.status_code))
+
+                await asyncio.gather(*(one() for _ in range(8)))
+        finally:
+            await pool.limiter.aclose()
+
+    started = SYSTEM_CLOCK.time()
+    await asyncio.wait_for(asyncio.gather(worker(), worker()), timeout=30)
+    statuses = [status for _, status in answered]
+    assert statuses.count(200) == 160
+    assert 403 not in statuses and 429 not in statuses  # no limit drawn on the way
+    # 80 before the windows reset, the rest after (within a second and a half of it).
+    reset = started + 2
+    assert sum(1 for t, _ in answered if t < reset) == 80
+    assert min(t for t, _ in answered if t >= reset) <= reset + 2.5

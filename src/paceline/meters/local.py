@@ -129,6 +129,8 @@ class GcraMeter:
         self.tat = max(self.tat, now + used * self.interval)
 
 
+#: How soon a fixed window held back by requests in flight is looked at again.
+LAND_POLL = 0.1
 #: Past a window's edge by this much, so a provider counting its window closed on both
 #: ends does not see the old request and the new one together.
 _EDGE = 0.001
@@ -299,43 +301,42 @@ class DayMeter:
 
 
 class Flight:
-    """A group's reservations in order: the sequence number of the last one taken, and
-    those in flight (taken, not yet released), for the fixed windows' reckoning."""
+    """A group's requests in flight (taken, not yet released), for its fixed windows."""
 
-    __slots__ = ("flying", "n")
+    __slots__ = ("count", "flying", "n")
 
     def __init__(self) -> None:
         self.n = 0
-        self.flying: dict[int, int] = {}  # seq -> requests
+        self.count = 0
+        self.flying: dict[int, int] = {}  # token -> requests
 
     def take(self, requests: int) -> int:
-        self.n += max(1, requests)
-        self.flying[self.n] = max(1, requests)
+        self.n += 1
+        units = max(1, requests)
+        self.flying[self.n] = units
+        self.count += units
         return self.n
 
-    def land(self, seq: int) -> None:
-        self.flying.pop(seq, None)
-
-    def before(self, seq: int) -> int:
-        """Requests in flight that were taken before ``seq``."""
-        return sum(units for s, units in self.flying.items() if s < seq)
+    def land(self, token: int) -> None:
+        self.count -= self.flying.pop(token, 0)
 
 
 class FixedMeter:
     """A fixed request window: what is left until the announced reset.
 
     The provider's answers say what was left (``remaining``) when a request was admitted,
-    and when the window resets. The meter keeps the latest such answer (by the order the
-    requests were taken, not the order answers came back) as its *anchor*; what is left
-    now is the anchor's count, less every request taken after it, less the requests still
-    in flight that were taken before it (they may have reached the provider after it).
-    Spent, it admits nothing before the reset (and the reset's precision: a reset given
-    in whole seconds may lie up to a second later); then the whole window again, counting
-    requests still in flight from the old window against the new one, until an answer
-    says better. Before any answer the window is taken as full, from its first request.
+    and when the window resets. Of the answers in this window, the one that says least
+    came from the request admitted last; every other request answered was admitted before
+    it and is in its count. So what is left now is the least any answer said, less the
+    requests still in flight (they may have been admitted after it), whatever order
+    requests reached the provider and answers came back. Spent, it admits nothing before
+    the reset (and the reset's precision: a reset given in whole seconds may lie up to a
+    second later); then the whole window again, less the requests still in flight, until
+    an answer says better. Before any answer the window is taken as full, from its first
+    request.
     """
 
-    __slots__ = ("anchor", "announced", "end", "factor", "flight", "left", "limit", "slack")
+    __slots__ = ("announced", "end", "factor", "flight", "left", "limit", "slack")
 
     def __init__(self, limit: Limit, flight: Flight) -> None:
         self.limit = limit
@@ -343,8 +344,7 @@ class FixedMeter:
         self.end = -math.inf  # when the window resets; -inf: not known yet
         self.announced = False  # ``end`` was said by the provider (not assumed)
         self.slack = 0.0
-        self.left = float(limit.count)
-        self.anchor = flight.n
+        self.left = float(limit.count)  # the least an answer said was left
         self.factor = 1.0  # as GcraMeter's; what is left is not slowed down
 
     def set_limit(self, limit: Limit) -> None:
@@ -360,15 +360,12 @@ class FixedMeter:
     def _roll(self, now: float) -> None:
         if now >= self.reset:  # a new window: all of it, less what is still in flight
             self.end, self.announced, self.slack = -math.inf, False, 0.0
-            self.anchor = self.flight.n
-            self.left = float(self.limit.count - self.flight.flying.get(self.anchor, 0))
+            self.left = float(self.limit.count)
 
     def available(self, now: float) -> float:
         """What may still be sent in this window (changes nothing once rolled)."""
-        if now >= self.reset:
-            return self.limit.count - self.flight.before(self.flight.n + 1)
-        flight = self.flight
-        return self.left - (flight.n - self.anchor) - flight.before(self.anchor)
+        left = self.limit.count if now >= self.reset else self.left
+        return left - self.flight.count
 
     def ready_at(self, cost: float, now: float) -> float:
         if cost <= 0:
@@ -376,15 +373,15 @@ class FixedMeter:
         self._roll(now)
         if self.available(now) >= cost:
             return now
-        if math.isfinite(self.reset):
-            return self.reset
-        # Spent before the window's end is known (requests in flight from the last one):
-        # look again soon, as they land.
-        return now + min(1.0, self.limit.seconds)
+        if self.left >= cost or not math.isfinite(self.reset):
+            # Held back by requests in flight (or spent before the window's end is
+            # known): look again soon, as they land.
+            return now + LAND_POLL
+        return self.reset
 
     def reserve(self, cost: float, now: float) -> float:
-        """The request is counted by the group's :class:`Flight`; the window opens (as
-        far as is known) with its first request."""
+        """The request is counted in flight by the group's :class:`Flight`; the window
+        opens (as far as is known) with its first request."""
         self._roll(now)
         if cost > 0 and not math.isfinite(self.end):
             self.end = now + self.limit.seconds
@@ -395,10 +392,15 @@ class FixedMeter:
         the next answer says what is left."""
 
     def reconcile(
-        self, seq: int, remaining: int, reset_at: float | None, slack: float, now: float
+        self, remaining: int | None, reset_at: float | None, slack: float, now: float
     ) -> None:
-        """The answer to request ``seq`` says ``remaining`` were left, resetting at
-        ``reset_at``."""
+        """An answer says ``remaining`` were left when its request was admitted, and that
+        the window resets at ``reset_at`` (``remaining`` of ``None``: it said nothing, and
+        its request counts)."""
+        if remaining is None:
+            if now < self.reset or not math.isfinite(self.reset):
+                self.left -= 1
+            return
         if reset_at is not None:
             if reset_at + reset_edge(slack) <= now:
                 return  # about a window that is over
@@ -407,13 +409,12 @@ class FixedMeter:
                 return  # an answer from the window before
             if not self.announced or reset_at > self.end + tolerance:
                 self.end, self.slack, self.announced = reset_at, slack, True
-                self.anchor, self.left = seq, float(remaining)
+                self.left = float(remaining)
                 return
-        if seq > self.anchor:
-            self.anchor, self.left = seq, float(remaining)
+        self.left = min(self.left, float(remaining))
 
     def exhaust_until(self, until: float) -> None:
-        self.left, self.anchor = 0.0, self.flight.n
+        self.left = 0.0
         if math.isfinite(until):
             self.end, self.announced = max(self.end, until), True
 
@@ -422,17 +423,17 @@ class FixedMeter:
 
     def usage(self, now: float) -> WindowUsage:
         reset = self.reset if now < self.reset else -math.inf
-        return WindowUsage(
-            self.limit, self.available(now), reset if math.isfinite(reset) else -math.inf
-        )
+        shown = reset if math.isfinite(reset) else -math.inf
+        return WindowUsage(self.limit, max(0.0, self.available(now)), shown)
 
 
 class ConcurrencyMeter:
     """Requests in flight, at most the configured ``N concurrent`` and at most what a
     concurrency limit answered taught (:meth:`throttle`): the cap drops below the level
     that tripped it and climbs back to just under that level over
-    :data:`~paceline.meters.protocol.CAP_RECOVERY` seconds; the learned level is forgotten
-    after :data:`~paceline.meters.protocol.RECOVERY` seconds without another trip."""
+    :data:`~paceline.meters.protocol.CAP_RECOVERY` seconds (tripped again, the level
+    drops by a tenth); the learned level is forgotten after
+    :data:`~paceline.meters.protocol.RECOVERY` seconds without another trip."""
 
     __slots__ = ("base", "ceiling", "cut", "in_flight", "limit", "throttled_at")
 
@@ -460,7 +461,7 @@ class ConcurrencyMeter:
         else:
             # Tripped again below a level learned before: that level was too high.
             if self.ceiling is not None:
-                level = min(level, max(1, self.ceiling - 1))
+                level = min(level, max(1, self.ceiling - max(1, self.ceiling // 10)))
             self.ceiling = level
             self.cut = max(1, math.floor(CAP_CUT * level))
             self.throttled_at = now
@@ -725,7 +726,7 @@ class LocalBackend:
         for day in g.day:
             day.reserve(float(cost.units(day.limit.unit)), now)
             held.append((day, None))
-        seq = g.flight.take(cost.requests)
+        token = g.flight.take(cost.requests)
         slot = False
         if take_slot and at <= now:
             conc.in_flight += 1
@@ -738,9 +739,8 @@ class LocalBackend:
             cost,
             g.ids(),
             slot,
-            seq=seq,
             tracked=True,
-            handle=held,
+            handle=(held, token),
         )
         return Answer(now, at, reservation, None, state)
 
@@ -770,11 +770,16 @@ class LocalBackend:
         g = self._groups[reservation.group]
         if reservation.slot:
             g.concurrency.in_flight -= 1
-        g.flight.land(reservation.seq)
+        g.flight.land(self._token(reservation))
 
     def _held(self, reservation: Reservation) -> Sequence[tuple[Meter, list[float] | None]]:
-        held: Sequence[tuple[Meter, list[float] | None]] | None = reservation.handle
-        return held or ()
+        handle: tuple[Sequence[tuple[Meter, list[float] | None]], int] | None
+        handle = reservation.handle
+        return handle[0] if handle else ()
+
+    def _token(self, reservation: Reservation) -> int:
+        handle: tuple[object, int] | None = reservation.handle
+        return handle[1] if handle else 0
 
     def settle(self, reservation: Reservation, held: Cost, used: Cost) -> None:
         if held.tokens == used.tokens and held.input == used.input and held.output == used.output:
@@ -806,7 +811,7 @@ class LocalBackend:
                     meter.adjust_entry(entry, -units)
             else:
                 meter.adjust(-units)
-        self._groups[reservation.group].flight.land(reservation.seq)
+        self._groups[reservation.group].flight.land(self._token(reservation))
 
     # -- what answers teach ------------------------------------------------------------
 
@@ -831,14 +836,14 @@ class LocalBackend:
         self,
         reservation: Reservation,
         meter: str,
-        remaining: int,
+        remaining: int | None,
         reset_at: float | None,
         slack: float = 0.0,
     ) -> None:
         now = self.clock.time()
         for m in self._groups[reservation.group].fixed():
             if meter_id(m.limit) == meter:
-                m.reconcile(reservation.seq, remaining, reset_at, slack, now)
+                m.reconcile(remaining, reset_at, slack, now)
 
     def throttle(self, group: str, in_flight: int, now: float | None = None) -> None:
         g = self._groups[group]

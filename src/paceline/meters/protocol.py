@@ -9,12 +9,11 @@ lowered limits, the slowdown after 429s, the in-flight cap learned from concurre
 what is left of fixed windows and daily usage live in the backend too, so with a shared
 backend (Redis) every worker sees what one worker learned.
 
-Every reservation gets a sequence number in its group (``Reservation.seq``), in the order
-they were taken. A fixed window's answer says what was left when *that* request was
-admitted: requests taken after it, and requests still in flight that were taken before it
-(they may have reached the provider after it), are not in that count, so they are
-subtracted from it (:meth:`MeterBackend.reconcile`). An answer older than one already
-heeded (answers come back in any order) says nothing new and is ignored.
+A fixed window's answers say what was left when each request was admitted. Of a window's
+answers, the one that says least came from the request admitted last: every other request
+answered was admitted before it, and is in its count. What is left now is that least
+count less the requests still in flight (they may have been admitted after it), whatever
+order requests reached the provider and answers came back (:meth:`MeterBackend.reconcile`).
 
 Calls that need an answer are ``async``; calls that only tell (settle, release, refund,
 key states, limits) are plain methods that return at once: the local backend applies them
@@ -62,7 +61,9 @@ RECOVERY = 600.0
 #: A concurrency limit answered: the group's in-flight cap drops to this share of what was
 #: in flight, and climbs back to just below the level that tripped it over CAP_RECOVERY
 #: seconds (more answers of the same burst within THROTTLE_HOLD seconds cut no further).
-CAP_CUT, CAP_RECOVERY, THROTTLE_HOLD = 0.75, 60.0, 2.0
+#: Tripped again later, the level learned drops by a tenth (at least one): a limit on
+#: requests in flight is found in one trip, one on their rate in a few.
+CAP_CUT, CAP_RECOVERY, THROTTLE_HOLD = 0.75, 20.0, 2.0
 
 
 def reset_edge(slack: float) -> float:
@@ -153,10 +154,9 @@ class Reservation:
     ``at`` is when the request may be sent, on the backend's clock; ``slot`` says whether it
     holds a concurrency slot (taken at once when ``at`` was now, else by
     :meth:`MeterBackend.begin`); ``epoch`` names the meters' incarnation, so a settle for
-    meters that were lost and restarted since changes nothing. ``seq`` orders the group's
-    reservations (see the module's notes); ``tracked``: it counts as in flight for the
-    group's fixed windows until released. ``handle`` is the backend's own (the local
-    backend keeps its token log entries there).
+    meters that were lost and restarted since changes nothing. ``tracked``: it counts as
+    in flight for the group's fixed windows until released. ``handle`` is the backend's
+    own (the local backend keeps its token log entries there).
     """
 
     id: str
@@ -167,7 +167,6 @@ class Reservation:
     meters: tuple[str, ...] = ()
     slot: bool = False
     epoch: str = ""
-    seq: int = 0
     tracked: bool = False
     handle: Any = field(default=None, compare=False, repr=False)
 
@@ -326,13 +325,15 @@ class MeterBackend(Protocol):
         self,
         reservation: Reservation,
         meter: str,
-        remaining: int,
+        remaining: int | None,
         reset_at: float | None,
         slack: float = 0.0,
     ) -> None:
         """The answer to ``reservation`` says ``remaining`` were left of fixed window
-        ``meter``, which resets at ``reset_at`` (known to ``slack`` seconds): see the
-        module's notes. Nothing for other meters."""
+        ``meter`` when it was admitted, and that the window resets at ``reset_at`` (known
+        to ``slack`` seconds): see the module's notes. ``remaining`` of ``None``: the
+        answer said nothing of the window (a transport error, an answer without the
+        headers), so the request is taken as counted in it. Nothing for other meters."""
         ...
 
     def throttle(self, group: str, in_flight: int, now: float | None = None) -> None:

@@ -155,8 +155,9 @@ class _Group:
     slots: set[str] = field(default_factory=set)
     recovered_at: float = -math.inf
     midnights: tuple[float, float, str] = (math.inf, -math.inf, "")
-    # fixed windows as last read: meter -> (left, end, when usable again)
-    fixed: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    # fixed windows as last read: meter -> (left, end, when usable again, of what is not
+    # left how much requests in flight hold back)
+    fixed: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
     tracked: set[str] = field(default_factory=set)  # in flight for the fixed windows
     throttled_at: float = -math.inf  # when this process last told of a concurrency limit
 
@@ -404,8 +405,8 @@ class RedisBackend:
             g.days[mid] = _Day(float(used), _float(start), _float(end))
         g.fixed = {}
         for item in windows.split(";") if windows else ():
-            mid, left, end, reset = item.split("|")
-            g.fixed[mid] = (float(left), _float(end), _float(reset, math.inf))
+            mid, left, end, reset, flying = item.split("|")
+            g.fixed[mid] = (float(left), _float(end), _float(reset, math.inf), float(flying))
         g.in_flight = int(flying)
         g.next_at = float(next_at)
         conc = g.meters.get("c")
@@ -423,7 +424,7 @@ class RedisBackend:
         g: _Group,
         meters: dict[str, _Meter],
         days: dict[str, _Day],
-        fixed: dict[str, tuple[float, float, float]],
+        fixed: dict[str, tuple[float, float, float, float]],
     ) -> None:
         """Redis lost the group and registered it again: send what this process knew."""
         configured = _configured(g.spec)
@@ -440,7 +441,7 @@ class RedisBackend:
             if state is not None and state.state != "ready":
                 self._tell_state(fingerprint, state, None)
         now = self._local_now(None)
-        for mid, (left, _end, reset) in fixed.items():
+        for mid, (left, _end, reset, _flying) in fixed.items():
             if left < 1 and now < reset < math.inf:  # spent until its reset: still spent
                 self._limits(g, None, "exhaust", mid, _fmt(reset))
 
@@ -480,10 +481,9 @@ class RedisBackend:
             self._release_call(g, rid, True)
             raise
         status, at, backend_now, slot, epoch, reinit, state, until, reason, mids = reply[:10]
-        seq, tracked = int(reply[10]), reply[11] == "1"
         meters, days, fixed = dict(g.meters), dict(g.days), dict(g.fixed)
         g.epoch = epoch
-        self._absorb(g, reply[12:18], local_now)
+        self._absorb(g, reply[10:16], local_now)
         if reinit == "1":
             self._reseed(g, meters, days, fixed)
         seen = self._see_state(key, state, until, reason)
@@ -498,13 +498,11 @@ class RedisBackend:
                 tuple(mids.split(",")) if mids else (),
                 slot == "1",
                 epoch,
-                seq,
-                tracked,
+                tracked=True,
             )
             if reservation.slot:
                 g.slots.add(rid)
-            if tracked:
-                g.tracked.add(rid)
+            g.tracked.add(rid)
             return Answer(answered, float(at), reservation, None, seen)
         if status == "full":
             g.full_until = local_now + FULL_FOR
@@ -564,9 +562,9 @@ class RedisBackend:
                 continue
             if day.used + cost.units(meter.limit.unit) > meter.limit.count:
                 at = max(at, day.end)
-        for left, _end, reset in g.fixed.values():
-            if left < cost.requests and now < reset:
-                at = max(at, reset if reset < math.inf else now + 1.0)
+        for left, _end, reset, flying in g.fixed.values():
+            if left + flying < cost.requests and now < reset < math.inf:
+                at = max(at, reset)  # (held back by requests in flight: Redis decides)
         return now < g.full_until, at
 
     # -- settling ----------------------------------------------------------------------
@@ -645,7 +643,7 @@ class RedisBackend:
         self,
         reservation: Reservation,
         meter: str,
-        remaining: int,
+        remaining: int | None,
         reset_at: float | None,
         slack: float = 0.0,
     ) -> None:
@@ -654,12 +652,14 @@ class RedisBackend:
         if m is None or not m.limit.fixed:
             return
         reset = "" if reset_at is None else _fmt(reset_at)
-        args = [meter, reservation.seq, remaining, reset, _fmt(slack)]
-        self._limits(g, None, "reconcile", *args)
+        said = "" if remaining is None else remaining
+        self._limits(g, None, "reconcile", meter, said, reset, _fmt(slack))
         # What this process will estimate from until Redis answers again.
         known = g.fixed.get(meter)
-        if reset_at is not None and (known is None or reset_at > known[1] + 1.5):
-            g.fixed[meter] = (float(remaining), reset_at, reset_at + reset_edge(slack))
+        if remaining is None or reset_at is None:
+            return
+        if known is None or reset_at > known[1] + 1.5:
+            g.fixed[meter] = (float(remaining), reset_at, reset_at + reset_edge(slack), 0.0)
 
     def throttle(self, group: str, in_flight: int, now: float | None = None) -> None:
         g = self._groups[group]
@@ -751,10 +751,11 @@ class RedisBackend:
         windows = []
         for mid, m in meters:
             if mid in g.fixed:
-                left, _end, reset = g.fixed[mid]
+                left, _end, reset, _flying = g.fixed[mid]
                 if now >= reset:
                     left, reset = float(m.limit.count), -math.inf
-                windows.append(WindowUsage(m.limit, left, reset if reset < math.inf else -math.inf))
+                shown = reset if reset < math.inf else -math.inf
+                windows.append(WindowUsage(m.limit, max(0.0, left), shown))
         return GroupView(
             group,
             tuple(m.limit for _, m in meters),

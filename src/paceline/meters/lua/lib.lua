@@ -6,18 +6,16 @@
 --   f:<meter>  = slowdown factor (request windows)      t:<meter> = GCRA theoretical arrival
 --   l:<meter>  = last reservation time (token windows)  x:<meter> = nothing before then
 --   du:/ds:/de:<meter> = a day meter's count, window start and end
---   we:/wa:/ws:/wl:/wk:<meter> = a fixed window's end, whether the provider announced it,
---                the sequence number of the answer heeded last, what it said was left,
---                and the precision of the end (seconds)
---   n = sequence number of the group's last reservation (requests taken, ever)
+--   we:/wa:/wl:/wk:<meter> = a fixed window's end, whether the provider announced it, the
+--                least an answer in it said was left, and the precision of the end
 --   e = epoch (a new one when the group is registered again), v = version of the limits,
 --   sa = when the group was last slowed down, pa:<meter> = the lowest count the provider
 --   announced, pm:<meter> = 'f' when it announced the window fixed, c:<hash> / cs:<hash>
 --   = until when a worker's configured limits count, and those limits, cc/ck/ct = the
 --   in-flight level a concurrency limit answered, the cap it was cut to, and when
 -- with G..':tb:'..<meter> (token buckets: bucket index -> units), G..':slots' (in-flight
--- requests: reservation id scored by expiry) and, while the group has a fixed window,
--- G..':seq' / G..':seqx' (requests in flight by sequence number, and their expiry). A
+-- requests holding a slot: reservation id scored by expiry) and G..':fly' (every request
+-- in flight, for the fixed windows: reservation id scored by expiry). A
 -- key's state is a hash: s, u (until), r. Meter names are unit and window: r60
 -- (requests/minute), t60 (tokens/minute), i60 / o60 (input / output tokens per minute),
 -- r86400 (requests/day), c (concurrent). Times are epoch seconds, sent as text (Lua
@@ -368,13 +366,31 @@ local function adjust(g, mids, at, change, held)
   end
 end
 
--- Fixed windows. What is left: what the answer heeded last said, less the requests taken
--- after it, less those still in flight that were taken before it (they may have reached
--- the provider after it). Spent, nothing goes before the reset (and its precision); then
--- the whole window again, less what is still in flight.
-local SEQ_TTL = 120     -- a request in flight is forgotten after this long unless renewed
+-- Fixed windows. Of a window's answers, the one that says least came from the request
+-- admitted last: every other one answered was admitted before it and is in its count.
+-- What is left: that least count, less the requests still in flight (they may have been
+-- admitted after it). Spent, nothing goes before the reset (and its precision); then the
+-- whole window again, less what is still in flight.
+local FLY_TTL = 120     -- a request in flight is forgotten after this long unless renewed
+local LAND_POLL = 0.1   -- how soon a window held back by requests in flight is asked again
 
-local function seq_now(g) return fl(g.f['n'], 0) end
+-- Requests in flight (reservation id scored by expiry; renewed by the workers' reads).
+local function flying(g, now, pure)
+  local F = g.key .. ':fly'
+  if pure then return redis.call('ZCOUNT', F, '(' .. fmt(now), '+inf') end
+  redis.call('ZREMRANGEBYSCORE', F, '-inf', fmt(now))
+  return redis.call('ZCARD', F)
+end
+
+local function track(g, rid, now)
+  local F = g.key .. ':fly'
+  redis.call('ZADD', F, fmt(now + FLY_TTL), rid)
+  redis.call('EXPIRE', F, FLY_TTL + 60)
+end
+
+local function untrack(G, rid)
+  redis.call('ZREM', G .. ':fly', rid)
+end
 
 -- When the window may be used again (+inf while its end is not known).
 local function fixed_reset(g, m)
@@ -382,55 +398,49 @@ local function fixed_reset(g, m)
   return we + math.max(0.001, fl(g.f['wk:' .. m.id], 0))
 end
 
-local function flying_before(g, seq)
-  return redis.call('ZCOUNT', g.key .. ':seq', '-inf', '(' .. string.format('%.0f', seq))
-end
-
-local function fixed_avail(g, m, now)
-  local n = seq_now(g)
-  if now >= fixed_reset(g, m) then
-    return m.count - flying_before(g, n + 1)
-  end
-  local ws = fl(g.f['ws:' .. m.id], n)
-  local wl = fl(g.f['wl:' .. m.id], m.count)
-  return wl - (n - ws) - flying_before(g, ws)
+-- What is left, and the requests in flight that hold the rest back.
+local function fixed_avail(g, m, now, pure)
+  local f = flying(g, now, pure)
+  if now >= fixed_reset(g, m) then return m.count - f, f end
+  return fl(g.f['wl:' .. m.id], m.count) - f, f
 end
 
 local function fixed_roll(g, m, now)
   if now >= fixed_reset(g, m) then
-    local n = seq_now(g)
-    local last = redis.call('ZCOUNT', g.key .. ':seq', string.format('%.0f', n),
-                            string.format('%.0f', n))
     unset(g, 'we:' .. m.id)
     unset(g, 'wk:' .. m.id)
     set(g, 'wa:' .. m.id, '0')
-    set(g, 'ws:' .. m.id, string.format('%.0f', n))
-    set(g, 'wl:' .. m.id, tostring(m.count - last))
+    set(g, 'wl:' .. m.id, tostring(m.count))
   end
 end
 
 local function fixed_ready(g, m, cost, now, pure)
   if cost <= 0 then return now end
   if not pure then fixed_roll(g, m, now) end
-  if fixed_avail(g, m, now) >= cost then return now end
+  local left, f = fixed_avail(g, m, now, pure)
+  if left >= cost then return now end
   local reset = fixed_reset(g, m)
-  if reset ~= math.huge then return reset end
-  return now + math.min(1, m.seconds)  -- spent by requests in flight: look again soon
+  if left + f >= cost or reset == math.huge then
+    return now + LAND_POLL  -- held back by requests in flight: look again as they land
+  end
+  return reset
 end
 
 local function fixed_take(g, m, cost, now)
   fixed_roll(g, m, now)
-  if g.f['ws:' .. m.id] == nil then  -- a new meter: what is left is counted from here
-    set(g, 'ws:' .. m.id, string.format('%.0f', seq_now(g)))
-    set(g, 'wl:' .. m.id, tostring(m.count))
-  end
   if cost > 0 and g.f['we:' .. m.id] == nil then
     set(g, 'we:' .. m.id, fmt(now + m.seconds))  -- the window opens with its first request
     set(g, 'wa:' .. m.id, '0')
   end
 end
 
-local function fixed_reconcile(g, m, seq, remaining, reset, slack, now)
+local function fixed_reconcile(g, m, remaining, reset, slack, now)
+  if remaining == nil then  -- the answer said nothing of the window: its request counts
+    if now < fixed_reset(g, m) or fixed_reset(g, m) == math.huge then
+      set(g, 'wl:' .. m.id, tostring(fl(g.f['wl:' .. m.id], m.count) - 1))
+    end
+    return
+  end
   if reset then
     if reset + math.max(0.001, slack) <= now then return end  -- a window that is over
     local tolerance = math.max(slack, math.min(1.5, m.seconds / 4))
@@ -441,51 +451,19 @@ local function fixed_reconcile(g, m, seq, remaining, reset, slack, now)
       set(g, 'we:' .. m.id, fmt(reset))
       set(g, 'wk:' .. m.id, fmt(slack))
       set(g, 'wa:' .. m.id, '1')
-      set(g, 'ws:' .. m.id, string.format('%.0f', seq))
       set(g, 'wl:' .. m.id, tostring(remaining))
       return
     end
   end
-  if seq > fl(g.f['ws:' .. m.id], seq_now(g)) or g.f['ws:' .. m.id] == nil then
-    set(g, 'ws:' .. m.id, string.format('%.0f', seq))
-    set(g, 'wl:' .. m.id, tostring(remaining))
-  end
+  set(g, 'wl:' .. m.id, tostring(math.min(fl(g.f['wl:' .. m.id], m.count), remaining)))
 end
 
 local function fixed_exhaust(g, m, till)
   set(g, 'wl:' .. m.id, '0')
-  set(g, 'ws:' .. m.id, string.format('%.0f', seq_now(g)))
   if till ~= math.huge then
     set(g, 'we:' .. m.id, fmt(math.max(fl(g.f['we:' .. m.id], -math.huge), till)))
     set(g, 'wa:' .. m.id, '1')
   end
-end
-
-local function has_fixed(g)
-  for _, m in ipairs(g.meters) do
-    if m.kind == 'fixed' then return true end
-  end
-  return false
-end
-
--- Requests in flight by sequence number, while the group has a fixed window; a dead
--- worker's are forgotten after a while.
-local function track(g, rid, seq, now)
-  local S, X = g.key .. ':seq', g.key .. ':seqx'
-  local gone = redis.call('ZRANGEBYSCORE', X, '-inf', fmt(now))
-  if #gone > 0 then
-    redis.call('ZREM', S, unpack(gone))
-    redis.call('ZREM', X, unpack(gone))
-  end
-  redis.call('ZADD', S, string.format('%.0f', seq), rid)
-  redis.call('ZADD', X, fmt(now + SEQ_TTL), rid)
-  redis.call('EXPIRE', S, SEQ_TTL + 60)
-  redis.call('EXPIRE', X, SEQ_TTL + 60)
-end
-
-local function untrack(G, rid)
-  redis.call('ZREM', G .. ':seq', rid)
-  redis.call('ZREM', G .. ':seqx', rid)
 end
 
 local function conc_meter(g)
@@ -531,8 +509,8 @@ local function view(g, now, version, c, pure)
       local reset = fixed_reset(g, m)
       local we = g.f['we:' .. m.id] or ''
       if now >= reset then we, reset = '', math.huge end
-      table.insert(windows, table.concat({m.id, fmt(fixed_avail(g, m, now)), we,
-                                          fmt(reset)}, '|'))
+      local left, f = fixed_avail(g, m, now, pure)
+      table.insert(windows, table.concat({m.id, fmt(left), we, fmt(reset), f}, '|'))
     end
   end
   local conc = conc_meter(g)

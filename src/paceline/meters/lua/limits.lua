@@ -12,7 +12,7 @@
 --                                       ``seconds``, a cut in-flight cap its level over
 --                                       ``capseconds``; the level is forgotten after ``forget``
 --   restore   unit day_start used       the store's count for that day, if larger (unit: r or t)
---   reconcile meter seq remaining reset slack   the answer to request ``seq`` of a fixed window
+--   reconcile meter remaining reset slack   an answer of a fixed window
 --   throttle  in_flight cut hold capseconds forget   a concurrency limit was answered
 local G = KEYS[1]
 local now = clock(ARGV[1])
@@ -136,8 +136,8 @@ elseif op == 'reconcile' then
   local m = find(ARGV[8])
   if m and m.kind == 'fixed' then
     local reset = nil
-    if ARGV[11] ~= '' then reset = tonumber(ARGV[11]) end
-    fixed_reconcile(g, m, tonumber(ARGV[9]), tonumber(ARGV[10]), reset, fl(ARGV[12], 0), now)
+    if ARGV[10] ~= '' then reset = tonumber(ARGV[10]) end
+    fixed_reconcile(g, m, tonumber(ARGV[9]), reset, fl(ARGV[11], 0), now)  -- ('' = nil)
   end
 elseif op == 'throttle' then
   local level = math.max(1, tonumber(ARGV[8]) - 1)
@@ -148,7 +148,10 @@ elseif op == 'throttle' then
     set(g, 'ck', tostring(math.min(tonumber(g.f['ck']), cc)))
   else
     -- tripped again below a level learned before: that level was too high
-    if g.f['cc'] then level = math.min(level, math.max(1, tonumber(g.f['cc']) - 1)) end
+    if g.f['cc'] then
+      local cc = tonumber(g.f['cc'])
+      level = math.min(level, math.max(1, cc - math.max(1, math.floor(cc / 10))))
+    end
     set(g, 'cc', tostring(level))
     set(g, 'ck', tostring(math.max(1, math.floor(cut * level))))
     set(g, 'ct', fmt(now))

@@ -14,10 +14,10 @@ if redis.call('EXISTS', G) == 1 then
     table.insert(out, x)
   end
   if #ARGV > 3 then
-    local S, X = G .. ':slots', G .. ':seqx'
+    local S, F = G .. ':slots', G .. ':fly'
     for i = 4, #ARGV do
       redis.call('ZADD', S, 'XX', fmt(now + tonumber(ARGV[3])), ARGV[i])
-      redis.call('ZADD', X, 'XX', fmt(now + SEQ_TTL), ARGV[i])
+      redis.call('ZADD', F, 'XX', fmt(now + FLY_TTL), ARGV[i])
     end
   end
 else

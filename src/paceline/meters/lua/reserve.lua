@@ -7,8 +7,7 @@
 --       take a slot (1/0), slot lifetime, midnights, limits version the caller has, a name
 --       for its configured meters, input tokens, output tokens
 -- Returns: status (ok, later, full, key), at, now, slot taken, epoch, registered again,
---          key state, until, reason, meters reserved on, sequence number, counted in
---          flight for fixed windows (1/0), then the group's view.
+--          key state, until, reason, meters reserved on, then the group's view.
 local G, K = KEYS[1], KEYS[2]
 local now = clock(ARGV[1])
 local reinit = ensure(G, ARGV[2], now, ARGV[3], ARGV[4], ARGV[5])
@@ -23,9 +22,9 @@ if configure(g, ARGV[2], ARGV[13], now, rid) then
 end
 local state, till, reason = key_state(K, now)
 
-local function answer(status, at, slot, mids, seq, tracked)
+local function answer(status, at, slot, mids)
   local head = {status, fmt(at), fmt(now), slot, g.f['e'] or '', tostring(reinit), state,
-                fmt(till), reason, mids, seq or '0', tracked or '0'}
+                fmt(till), reason, mids}
   for _, x in ipairs(view(g, now, ARGV[12], c, false)) do table.insert(head, x) end
   save(g)
   return head
@@ -83,13 +82,7 @@ for _, m in ipairs(g.meters) do
   end
   if m.kind ~= 'conc' then table.insert(mids, m.id) end
 end
-local seq = seq_now(g) + math.max(1, c.r)
-set(g, 'n', string.format('%.0f', seq))
-local tracked = '0'
-if has_fixed(g) then
-  track(g, rid, seq, now)
-  tracked = '1'
-end
+track(g, rid, now)  -- in flight, for the fixed windows (learned ones too)
 local slot = '0'
 if conc and ARGV[9] == '1' and at <= now then
   local S = G .. ':slots'
@@ -97,4 +90,4 @@ if conc and ARGV[9] == '1' and at <= now then
   redis.call('EXPIRE', S, math.ceil(tonumber(ARGV[10])) + 60)
   slot = '1'
 end
-return answer('ok', at, slot, table.concat(mids, ','), string.format('%.0f', seq), tracked)
+return answer('ok', at, slot, table.concat(mids, ','))
