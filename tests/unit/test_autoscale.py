@@ -133,3 +133,20 @@ async def test_429s_shrink_the_workers(clock: FakeClock) -> None:
     await tick(clock, 1)
     assert d.size == 30  # a quarter handed back
     task.cancel()
+
+
+async def test_workers_waiting_for_a_reset_are_kept_for_it(clock: FakeClock) -> None:
+    pool = KeyPool(["k1-0123456789abcdef"], clock=clock)
+    pool.bind(clock, lambda message: None)
+    lease = await pool.acquire()
+    spent = Window("requests", 5000, 0, T0 + 20, 3600.0, "core", True, 1.0)
+    pool.settle(lease, Feedback(Verdict.OK, None, (spent,)))
+    pool.release(lease)
+    a, d = scaler(pool, clock)
+    d.size = 100
+    pool.limiter.waiting = 100  # every worker waits for the window's reset
+    task = asyncio.ensure_future(a.run())
+    await tick(clock, 30)
+    assert d.size == 100
+    pool.limiter.waiting = 0
+    task.cancel()

@@ -6,7 +6,9 @@ by half, up to what Little's law says is useful. The keys' limits need not be kn
 that: a pool that starts without any grows while no 429 comes back, and once the answers
 have taught its limits, Little's law bounds it (a fixed window with something left bounds
 nothing: it is spent as fast as the job can). 429s mean the provider is the bound already:
-shrink by a quarter. Many workers only waiting for slots: hand a tenth back.
+shrink by a quarter. Many workers only waiting for slots: hand a tenth back (not while
+every key waits for a reset: the workers will be wanted when it comes). An event loop
+that wakes late means this process's CPU is the bound: grow no more.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ __all__ = ["AUTO_START", "Autoscaler"]
 
 AUTO_START = 8
 AUTOSCALE_EVERY = 0.5
+#: The event loop this late (seconds) means the CPU is the bound: grow no more (four
+#: times as late: hand a tenth back).
+SATURATED = 0.1
 
 
 class Autoscaler:
@@ -53,11 +58,18 @@ class Autoscaler:
         d, pool = self.dispatcher, self.pool
         crowded, rejected = 0, pool.rejections
         while self.state.taking:
+            before = self.clock.monotonic()
             await self.clock.sleep(AUTOSCALE_EVERY)
+            # The event loop late to wake us: this process's CPU is the bound, not the keys.
+            lag = self.clock.monotonic() - before - AUTOSCALE_EVERY
             workers = d.size
             new_rejections, rejected = pool.rejections - rejected, pool.rejections
             if new_rejections and workers > AUTO_START:
                 self._shrink(workers, max(1, workers // 4))
+                crowded = 0
+            elif lag > SATURATED:
+                if lag > 4 * SATURATED and workers > AUTO_START:
+                    self._shrink(workers, max(1, workers // 10))
                 crowded = 0
             elif (
                 not new_rejections
@@ -68,7 +80,8 @@ class Autoscaler:
                 ceiling = min(self.max_concurrency, self.useful_workers())
                 d.spawn(max(0, min(max(2, workers // 2), ceiling - workers)))
                 crowded = 0
-            elif pool.waiting > max(4, workers // 2):
+            elif pool.waiting > max(4, workers // 2) and pace(pool.pool, self.clock.time()):
+                # (Every key spent until a reset: the workers are kept for it.)
                 crowded += 1
                 if crowded >= 8 and workers > AUTO_START:
                     self._shrink(workers, max(1, workers // 10))

@@ -17,8 +17,9 @@ states, today's counts: the store's are restored by the engine). When Redis cann
 reached, calls raise :class:`~paceline.errors.MetersUnavailable`: the limiter waits and
 tries again; nothing falls back to meters that other workers cannot see.
 
-Keys are ``<prefix>g:<group>`` (a hash, with ``:tb:<meter>`` token buckets and ``:slots``)
-and ``<prefix>k:<key fingerprint>``: fingerprints, never secrets. A standalone Redis (or
+Keys are ``<prefix>g:<group>`` (a hash, with ``:tb:<meter>`` token buckets, ``:slots``
+and ``:fly``, the requests in flight for fixed windows) and ``<prefix>k:<key
+fingerprint>``: fingerprints, never secrets. A standalone Redis (or
 one behind Sentinel) is expected: the scripts name the keys of a group themselves.
 """
 
