@@ -154,6 +154,8 @@ class Measurement:
     workers: list[int] = field(default_factory=list)
     per_second: list[float] = field(default_factory=list)  # ok/s, second by second
     loop_lag: float = 0.0  # the client's longest event-loop stall in the window, seconds
+    run_requests: int = 0  # since the start, warm-up included
+    run_limited: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -285,6 +287,8 @@ class Observer:
         m.requests = b["total"]["requests"] - a["total"]["requests"]
         m.rate_limited = b["total"]["rate_limited"] - a["total"]["rate_limited"]
         m.errors = b["total"]["errors"] - a["total"]["errors"]
+        m.run_requests = b["total"]["requests"]
+        m.run_limited = b["total"]["rate_limited"]
         for key, counts in b["keys"].items():
             before = a["keys"].get(key, {})
             m.per_key[key] = {k: v - before.get(k, 0) for k, v in counts.items()}
@@ -686,7 +690,8 @@ def describe(m: Measurement) -> str:
         f"    {m.style:<9} {m.client:<8} {m.utilization:6.3f} of limit  "
         f"{m.ok_per_s:6.2f} ok/s  429 {m.share_429:6.2%} ({m.rate_limited}/{m.requests})  "
         f"errors {m.errors}  in flight {wire:5.1f} (+{waiting:.1f} waiting)  workers {workers}  "
-        f"loop stall max {m.loop_lag:.2f} s\n"
+        f"loop stall max {m.loop_lag:.2f} s; since the start: {m.run_limited} limited of "
+        f"{m.run_requests}\n"
         f"      per key: {keys}\n"
         f"      ok/s second by second: {ramp}{extra}"
     )
