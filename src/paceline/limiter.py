@@ -452,7 +452,7 @@ class Limiter(Generic[K]):
                 # headers): the provider may have counted the request, so it counts.
                 for limit in self.backend.view(group, self.clock.time()).limits:
                     mid = meter_id(limit)
-                    if limit.fixed and mid not in lease.reported:
+                    if limit.fixed and _metered_fixed(limit) and mid not in lease.reported:
                         self.backend.reconcile(reservation, mid, None, None)
             self.backend.release(reservation)
             if reservation.slot:
@@ -551,7 +551,8 @@ class Limiter(Generic[K]):
                 limits = self.backend.view(group, now).limits
             matching = [lim for lim in limits if lim.unit == unit and _same_window(lim, window)]
             if window.limit and window.period and not matching:
-                limit = Limit(window.limit, window.period, unit, fixed=window.fixed)
+                kind = window.fixed if unit == "requests" and window.period < 86_400 else None
+                limit = Limit(window.limit, window.period, unit, fixed=kind)
                 self.backend.learn(group, limit, self._seed(lease, window, limit))
                 limits = None  # the next window sees the new meter
                 matching = [limit]
@@ -559,14 +560,18 @@ class Limiter(Generic[K]):
                     self._told.add(limit.describe())
                     self.on_event(f"key {key.masked}: learned limit {limit.describe()}")
             for lim in matching:
-                fixed = lim.fixed
-                if window.fixed and fixed is None:  # configured without saying: it is fixed
-                    fixed = True
+                # (Fixed windows are metered so for requests within a day; daily quotas
+                # are counters, token windows logs, which the reset exhausts.)
+                kind = lim.fixed
+                if window.fixed and kind is None and _metered_fixed(lim):
+                    # Configured without saying which: the provider says it is fixed.
+                    kind = True
                     self.backend.learn(group, Limit(lim.count, lim.seconds, unit, fixed=True))
                     limits = None
+                fixed = bool(kind) and _metered_fixed(lim)
                 if window.limit and window.limit < lim.count:
                     # Configured higher than the provider allows: believe the provider.
-                    lowered = Limit(window.limit, lim.seconds, lim.unit, fixed=fixed)
+                    lowered = Limit(window.limit, lim.seconds, lim.unit, fixed=kind)
                     self.backend.learn(group, lowered)
                     limits = None
                     self.on_event(f"key {key.masked}: limit lowered to {lowered.describe()}")
@@ -582,7 +587,11 @@ class Limiter(Generic[K]):
                     lease.reported |= {mid}
             spent = window.remaining == 0 and window.reset_at is not None
             if spent and window.reset_at is not None and window.reset_at > now:
-                smooth = [lim for lim in matching if not (lim.fixed or window.fixed)]
+                smooth = [
+                    lim
+                    for lim in matching
+                    if not (_metered_fixed(lim) and (lim.fixed or window.fixed))
+                ]
                 for lim in smooth:
                     self.backend.exhaust(group, meter_id(lim), window.reset_at)
                 if not matching:
@@ -591,12 +600,15 @@ class Limiter(Generic[K]):
     def _seed(self, lease: Lease[K], window: Window, limit: Limit) -> float:
         """What a window learned now has spent already: what the provider counted, and
         (requests) this process's others in flight that it may not have seen yet."""
-        if limit.fixed:
+        if limit.fixed and _metered_fixed(limit):
             return 0.0  # what is left is reconciled from the answer itself
+        if window.remaining == 0 and window.reset_at is not None:
+            return 0.0  # spent: the reset it announces holds the meter (exhaust)
         counted = float(limit.count - window.remaining) if window.remaining is not None else 0.0
-        if window.reset_at is not None:
+        if window.reset_at is not None and not window.fixed:
             # No more than the provider refills by its reset: a sliding window's reset (when
-            # its newest request leaves) says little of how much of it is spent.
+            # its newest request leaves) says little of how much of it is spent. (A fixed
+            # window's reset is its end: it refills nothing before.)
             refill = (window.reset_at - self.clock.time()) * limit.count / limit.seconds
             counted = min(counted, max(0.0, refill))
         others = self._flying.get(lease.key.group.spec.id, 1) - 1
@@ -623,6 +635,11 @@ class Limiter(Generic[K]):
         """The store says ``used`` of ``unit`` were spent on ``group`` in the day starting
         ``day_start``: the meter keeps the larger of that and its own count."""
         self.backend.restore_day(group, day_start, unit, used)
+
+
+def _metered_fixed(limit: Limit) -> bool:
+    """Whether a fixed window of this limit is metered as one (requests, within a day)."""
+    return limit.unit == "requests" and not limit.daily
 
 
 def _unit(window: Window) -> Unit:

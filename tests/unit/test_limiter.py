@@ -921,3 +921,25 @@ async def test_a_fixed_window_learned_from_the_answers_is_spent_then_waits_for_i
     await run_until(clock, T0 + 21.5)
     assert len(run.times()) > 3
     assert min(run.times()[3:]) == pytest.approx(T0 + 21, abs=1e-3)  # within a second
+
+
+async def test_fixed_windows_of_tokens_or_days_wait_for_the_reset_they_announce(
+    clock: FakeClock, runs: Callable[[KeyPool], Run]
+) -> None:
+    # An IETF gateway announcing fixed token and daily windows: metered as a token log and
+    # a day counter, which an announced reset with nothing left still exhausts.
+    pool = KeyPool(names(1), clock=clock)
+    bound(pool, clock)
+    lease = await pool.acquire()
+    tokens = window(
+        unit="tokens", limit=10_000, remaining=0, reset_at=T0 + 40, period=60.0, fixed=True
+    )
+    pool.settle(lease, ok(windows=(tokens,)))
+    pool.release(lease)
+    assert pool.describe(clock.time())[0]["limits"] == ["10000 tokens/minute"]
+    run = runs(pool)
+    run.acquire(Cost(tokens=100))
+    await run_until(clock, T0 + 39.9)
+    assert run.times() == []
+    await run_until(clock, T0 + 45)
+    assert run.times() == [pytest.approx(T0 + 40, abs=0.01)]

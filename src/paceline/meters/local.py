@@ -145,7 +145,7 @@ class WindowMeter:
     time, plus its own, fit the limit: never more, and no slack lost.
     """
 
-    __slots__ = ("entries", "factor", "last_entry", "limit", "total")
+    __slots__ = ("entries", "factor", "last_entry", "limit", "not_before", "total")
 
     def __init__(self, limit: Limit) -> None:
         self.limit = limit
@@ -153,6 +153,7 @@ class WindowMeter:
         self.total = 0.0  # units in ``entries``
         self.last_entry: list[float] | None = None  # the latest reservation, for its lease
         self.factor = 1.0  # as GcraMeter's; token windows are not slowed down
+        self.not_before = -math.inf  # the provider said nothing is left before then
 
     def set_limit(self, limit: Limit) -> None:
         self.limit = limit
@@ -167,7 +168,7 @@ class WindowMeter:
         """Earliest time (not before the last reservation) ``cost`` fits the window."""
         self._forget(now)
         entries, window = self.entries, self.limit.seconds
-        at = max(now, entries[-1][0]) if entries else now
+        at = max(now, entries[-1][0], self.not_before) if entries else max(now, self.not_before)
         total = self.total
         i = 0
         while i < len(entries) and entries[i][0] <= at - window:
@@ -218,11 +219,8 @@ class WindowMeter:
         return sum(units for at, units in self.entries if start < at <= now)
 
     def exhaust_until(self, until: float) -> None:
-        """Nothing fits before ``until``: a full window's worth ending just then."""
-        start = until - self.limit.seconds
-        if not self.entries or self.entries[-1][0] <= start:
-            self.entries.append([start, float(self.limit.count)])
-            self.total += self.limit.count
+        """Nothing fits before ``until``."""
+        self.not_before = max(self.not_before, until)
 
     def seed(self, used: float, now: float) -> None:
         """A new meter for a window already ``used`` this much (counted as of now)."""
