@@ -220,6 +220,7 @@ class KeyPool:
         merged = copy.copy(self)
         merged.keys = [*self.keys, *[k for k in other.keys if k not in self.keys]]
         merged.limits = self.limits + other.limits
+        merged.missing = None if merged.keys else (self.missing or other.missing)
         merged._reported = {}
         clock = self.limiter.clock
         merged._local = LocalBackend((k.group for k in merged.keys), clock)

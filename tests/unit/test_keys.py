@@ -397,3 +397,12 @@ async def test_key_rows_show_until_as_a_finite_time_or_none() -> None:
     parked, cooling = pool.describe(clock.time())
     assert (parked["state"], parked["until"]) == ("parked for this run", None)
     assert cooling["until"] == clock.time() + 30
+
+
+def test_a_pool_without_keys_added_to_one_with_keys_has_keys() -> None:
+    empty = KeyPool.from_env("NONE_KEY", env_file=None, environ={})
+    merged = empty + KeyPool(["ka-0123456789abcdef"])
+    merged.require_keys()
+    assert [k.masked for k in merged.keys] == ["…cdef"]
+    with pytest.raises(ConfigError, match="NONE_KEY_1"):
+        (empty + KeyPool.from_env("OTHER_KEY", env_file=None, environ={})).require_keys()
