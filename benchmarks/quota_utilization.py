@@ -12,19 +12,37 @@ window's start and end and report:
 * **429 share**: the share of the requests the simulator received in the window that it
   refused for a rate limit (429, or GitHub's 403 with ``x-ratelimit-remaining: 0``).
 
-Two clients, side by side, each against a fresh simulator with the same settings:
+Scenario ``steady`` (issue 3): two clients, side by side, each against a fresh simulator
+with the same settings:
 
 * ``paceline`` — a :class:`paceline.Job` over more items than can finish in the window,
-  ``keys=KeyPool(keys, auth=..., rpm=LIMIT)`` (GitHub: ``limits=["N/hour"]``), automatic
-  concurrency, no sink; the task sends one request with ``ctx.http`` and calls
-  ``raise_for_status()``. The run is stopped after the window with the engine's stop.
+  ``keys=KeyPool(keys, auth=..., rpm=LIMIT)`` (GitHub: ``limits=["N/hour"]``: GitHub's
+  answers make it a fixed window, spent as fast as the job can; ``github-smooth``
+  configures ``"N/hour smooth"``), automatic concurrency, no sink; the task sends one
+  request with ``ctx.http`` and calls ``raise_for_status()``. The run is stopped after the
+  window with the engine's stop.
 * ``baseline`` — what users' scripts do: workers = keys × 2, keys taken round-robin, each
   key with its own client-side token bucket at the key's rate, plain httpx, and on a 429
   the worker sleeps (``Retry-After`` or 2 s) and tries again.
 
-    python benchmarks/quota_utilization.py                      # 4 styles, ~9 minutes
-    python benchmarks/quota_utilization.py --styles openai --warmup 10 --window 20
-    python benchmarks/quota_utilization.py --repeat 3 --styles github,gemini
+Three more (issue 9), each side by side with a reference client in the same run:
+
+* ``learn`` — limits **not** configured (``KeyPool(keys, auth=...)``): the fraction of the
+  keys' limits reached from 30 s after the start (``--warmup 30``), against ``reference``,
+  the same job with the limits configured.
+* ``fixed`` — GitHub style, three tokens of 5,000/hour with 300 left and a reset 20 s away,
+  a job of 1,200 requests, limits not configured: wall time to the last answer, against
+  ``reference``, a client that knows each window (``GET /rate_limit``), spends what is
+  left with 64 requests in flight and waits for the reset; and limited answers (403/429).
+* ``concurrency`` — GitHub style, 4 tokens each allowing 10 requests in flight (GitHub's
+  secondary limit of concurrent requests: 403 with ``retry-after``), hourly windows far
+  from spent, limits not configured: throughput after the warm-up against ``reference``,
+  a client that keeps exactly 10 in flight per token.
+
+    python benchmarks/quota_utilization.py                      # every scenario, ~16 min
+    python benchmarks/quota_utilization.py --scenarios steady --styles openai
+    python benchmarks/quota_utilization.py --scenarios learn --styles openai,anthropic,github
+    python benchmarks/quota_utilization.py --scenarios fixed,concurrency --repeat 3
 """
 
 from __future__ import annotations
@@ -35,6 +53,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import os
 import signal
 import statistics
@@ -56,6 +75,9 @@ if TYPE_CHECKING:
 
 TARGET_UTILIZATION = 0.97
 TARGET_429_SHARE = 0.01
+TARGET_LEARNED = 0.95  # of the limits, from 30 s after the start, limits not configured
+TARGET_LEARNED_429_SHARE = 0.02
+TARGET_FIXED_SPEED = 0.9  # of the reference client's speed, with no limited answer
 STOP_GRACE = 3.0  # seconds the paceline run may take to finish what is in flight
 
 
@@ -90,6 +112,7 @@ STYLES = {
         },
     ),
     "github": Style("github", "GET", "/repos/o/r", "token", None),
+    "github-smooth": Style("github-smooth", "GET", "/repos/o/r", "token", None),
     "gemini": Style(
         "gemini",
         "POST",
@@ -121,6 +144,7 @@ class Measurement:
     client: str
     limit_per_s: float
     ok_per_s: float = 0.0
+    scenario: str = "steady"
     requests: int = 0
     rate_limited: int = 0
     errors: int = 0
@@ -130,6 +154,8 @@ class Measurement:
     workers: list[int] = field(default_factory=list)
     per_second: list[float] = field(default_factory=list)  # ok/s, second by second
     loop_lag: float = 0.0  # the client's longest event-loop stall in the window, seconds
+    run_requests: int = 0  # since the start, warm-up included
+    run_limited: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -150,11 +176,23 @@ def secrets_for(n: int, style: str) -> list[str]:
     return [f"bench-{style}-secret-{i:04d}-k{i:03d}" for i in range(n)]
 
 
+def github(style: str) -> bool:
+    return style.startswith("github")
+
+
 @contextlib.contextmanager
-def simulator(style: str, keys: list[str], s: Settings) -> Iterator[str]:
+def simulator(
+    style: str, keys: list[str], s: Settings, extra: tuple[str, ...] | None = None
+) -> Iterator[str]:
     """``paceline sim`` in its own process; yields its URL. Its stderr goes to a file (a
-    pipe nobody reads could fill up and block it) and is shown if the measurement fails."""
-    limit = ["--rph", str(s.rate * 60)] if style == "github" else ["--rpm", str(s.rate)]
+    pipe nobody reads could fill up and block it) and is shown if the measurement fails.
+    ``extra``: the limit options, instead of the steady scenario's."""
+    if extra is not None:
+        limit = list(extra)
+    elif github(style):
+        limit = ["--rph", str(s.rate * 60)]
+    else:
+        limit = ["--rpm", str(s.rate)]
     cmd = [
         sys.executable, "-m", "paceline", "sim", "--port", "0", "--keys", ",".join(keys),
         *limit, "--latency", s.latency, "--seed", str(s.seed),
@@ -249,6 +287,8 @@ class Observer:
         m.requests = b["total"]["requests"] - a["total"]["requests"]
         m.rate_limited = b["total"]["rate_limited"] - a["total"]["rate_limited"]
         m.errors = b["total"]["errors"] - a["total"]["errors"]
+        m.run_requests = b["total"]["requests"]
+        m.run_limited = b["total"]["rate_limited"]
         for key, counts in b["keys"].items():
             before = a["keys"].get(key, {})
             m.per_key[key] = {k: v - before.get(k, 0) for k, v in counts.items()}
@@ -286,9 +326,15 @@ class BenchReporter:
         return None
 
 
-async def run_paceline(style: Style, keys: list[str], url: str, s: Settings) -> Measurement:
-    m = Measurement(style.name, "paceline", s.limit_per_s)
-    if style.name == "github":
+async def run_paceline(
+    style: Style, keys: list[str], url: str, s: Settings, *, configured: bool = True
+) -> Measurement:
+    m = Measurement(style.name, "paceline" if configured else "paceline*", s.limit_per_s)
+    if not configured:
+        pool = pl.KeyPool(keys, auth=style.auth)  # the limits are learned from the answers
+    elif style.name == "github-smooth":
+        pool = pl.KeyPool(keys, auth=style.auth, limits=[f"{s.rate * 60}/hour smooth"])
+    elif github(style.name):
         pool = pl.KeyPool(keys, auth=style.auth, limits=[f"{s.rate * 60}/hour"])
     else:
         pool = pl.KeyPool(keys, auth=style.auth, rpm=s.rate)
@@ -399,14 +445,231 @@ async def run_baseline(style: Style, keys: list[str], url: str, s: Settings) -> 
     return m
 
 
+async def run_learning(style: Style, keys: list[str], url: str, s: Settings) -> Measurement:
+    return await run_paceline(style, keys, url, s, configured=False)
+
+
 CLIENTS = {"paceline": run_paceline, "baseline": run_baseline}
+LEARN_CLIENTS = {"paceline*": run_learning, "paceline": run_paceline}
 
 
 def measure(style_name: str, client: str, s: Settings) -> Measurement:
     style = STYLES[style_name]
     keys = secrets_for(s.keys, style_name)
+    runner = CLIENTS.get(client) or LEARN_CLIENTS[client]
     with simulator(style_name, keys, s) as url:
-        return asyncio.run(CLIENTS[client](style, keys, url, s))
+        return asyncio.run(runner(style, keys, url, s))
+
+
+# -- fixed windows: spend what is left, wait for the reset ---------------------------------
+
+
+@dataclass(frozen=True)
+class FixedSettings:
+    keys: int = 3
+    limit: int = 5000  # per hour
+    left: int = 300  # of it, when the run starts
+    reset: int = 20  # seconds until the window resets
+    requests: int = 1200
+    latency: str = "lognormal:0.3,0.5"
+    reference_concurrency: int = 64
+    seed: int = 1
+
+    def sim_options(self) -> tuple[str, ...]:
+        return ("--rph", str(self.limit))
+
+    def key_specs(self, keys: list[str]) -> list[str]:
+        return [f"{k}:rph_left={self.left}:rph_reset={self.reset}" for k in keys]
+
+
+@dataclass
+class Timed:
+    scenario: str
+    client: str
+    seconds: float = 0.0  # from the client's start to its last answer
+    ok: int = 0
+    requests: int = 0  # as the simulator counted them
+    limited: int = 0  # answered 403/429 for a limit
+    after_reset: float | None = None  # seconds from the first window's reset to the next OK
+    notes: list[str] = field(default_factory=list)
+
+
+async def _finish_timed(m: Timed, url: str) -> Timed:
+    async with httpx.AsyncClient(timeout=30) as client:
+        _, stats = await sim_stats(client, url)
+    m.requests = stats["total"]["requests"]
+    m.limited = stats["total"]["rate_limited"]
+    return m
+
+
+async def run_fixed_paceline(keys: list[str], url: str, f: FixedSettings) -> Timed:
+    m = Timed("fixed", "paceline*")
+    pool = pl.KeyPool(keys, auth="token")  # no limits: GitHub's answers teach them
+    job = pl.Job(
+        "fixed-bench",
+        source=pl.IterableSource(lambda: ({"id": f"repo-{i:05d}"} for i in range(f.requests))),
+        keys=pool,
+    )
+    answered: list[float] = []
+
+    @job.task
+    async def call(item: pl.Item, ctx: pl.Context) -> None:
+        r = await ctx.http.get(url + "/repos/o/r")
+        r.raise_for_status()
+        answered.append(time.monotonic())
+
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="paceline-fixed-") as tmp:
+        result = await job.run_async(store=Path(tmp) / "store.db", reporter=Quiet())
+    m.seconds = max(answered, default=time.monotonic()) - start
+    m.ok = result.snapshot.done
+    m.notes = [n for n in result.snapshot.notes if "learned" in n][:2]
+    after = [t - start for t in answered if t - start >= f.reset]
+    m.after_reset = min(after) - f.reset if after else None
+    return await _finish_timed(m, url)
+
+
+async def run_fixed_reference(keys: list[str], url: str, f: FixedSettings) -> Timed:
+    """Knows every window exactly: reads it (free), spends what is left with a fixed number
+    of requests in flight, sleeps until the earliest reset, reads the new window."""
+    m = Timed("fixed", "reference")
+    left = f.requests
+    windows: dict[str, list[float]] = {}  # key -> [remaining, reset epoch]
+    answered: list[float] = []
+    limits = httpx.Limits(max_keepalive_connections=f.reference_concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+        async def read(key: str) -> None:
+            r = await client.get(f"{url}/rate_limit", headers=key_headers("token", key))
+            core = r.json()["resources"]["core"]
+            windows[key] = [float(core["remaining"]), float(core["reset"])]
+
+        start = time.monotonic()
+        await asyncio.gather(*(read(k) for k in keys))
+        renewing: dict[str, asyncio.Task[None]] = {}
+
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                usable = [k for k in keys if windows[k][0] >= 1]
+                if not usable:
+                    key = min(keys, key=lambda k: windows[k][1])
+                    await asyncio.sleep(max(0.0, windows[key][1] - time.time()))
+                    if key not in renewing or renewing[key].done():
+                        renewing[key] = asyncio.ensure_future(read(key))
+                    await renewing[key]
+                    continue
+                key = max(usable, key=lambda k: windows[k][0])
+                windows[key][0] -= 1
+                left -= 1
+                r = await client.get(f"{url}/repos/o/r", headers=key_headers("token", key))
+                if r.status_code in (403, 429):
+                    left += 1
+                    windows[key] = [0.0, float(r.headers.get("x-ratelimit-reset", time.time()))]
+                    continue
+                r.raise_for_status()
+                answered.append(time.monotonic())
+
+        await asyncio.gather(*(worker() for _ in range(f.reference_concurrency)))
+    m.seconds = max(answered, default=time.monotonic()) - start
+    m.ok = len(answered)
+    after = [t - start for t in answered if t - start >= f.reset]
+    m.after_reset = min(after) - f.reset if after else None
+    return await _finish_timed(m, url)
+
+
+def measure_fixed(client: str, f: FixedSettings) -> Timed:
+    keys = secrets_for(f.keys, "fixed")
+    s = Settings(f.keys, 0, f.latency, 0, 0, f.seed)
+    runner = run_fixed_paceline if client == "paceline*" else run_fixed_reference
+    with simulator("github", f.key_specs(keys), s, f.sim_options()) as url:
+        return asyncio.run(runner(keys, url, f))
+
+
+# -- a concurrency limit below the job's concurrency -------------------------------------------
+
+
+CONCURRENT = 10  # requests in flight each token may have
+
+
+def concurrency_settings(s: Settings) -> Settings:
+    return dataclasses.replace(s, rate=0)
+
+
+def concurrency_limit_per_s(s: Settings) -> float:
+    """What the tokens allow: CONCURRENT in flight each, one per mean latency."""
+    kind, _, rest = s.latency.partition(":")
+    if kind == "lognormal":
+        median, sigma = (float(x) for x in rest.split(","))
+        mean = median * math.exp(sigma**2 / 2)
+    else:
+        mean = float(rest or kind)
+    return s.keys * CONCURRENT / mean
+
+
+async def run_concurrency_paceline(
+    style: Style, keys: list[str], url: str, s: Settings
+) -> Measurement:
+    m = await run_paceline(style, keys, url, s, configured=False)
+    m.scenario = "concurrency"
+    return m
+
+
+async def run_concurrency_reference(
+    style: Style, keys: list[str], url: str, s: Settings
+) -> Measurement:
+    """Knows the limit: exactly CONCURRENT requests in flight per token, never more."""
+    m = Measurement(style.name, "reference", concurrency_limit_per_s(s))
+    m.scenario = "concurrency"
+    target = url + style.path
+    on_wire = 0
+
+    async def worker(client: httpx.AsyncClient, key: str) -> None:
+        nonlocal on_wire
+        while True:
+            on_wire += 1
+            try:
+                r = await client.get(target, headers=key_headers("token", key))
+            finally:
+                on_wire -= 1
+            if rate_limited(r) or r.status_code == 403:
+                await asyncio.sleep(float(r.headers.get("retry-after", 1)))
+
+    n = len(keys) * CONCURRENT
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=n)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        tasks = [asyncio.create_task(worker(client, k)) for k in keys for _ in range(CONCURRENT)]
+        try:
+            await Observer(m, url, s).observe(lambda: (on_wire, 0, n))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return m
+
+
+def measure_concurrency(client: str, s: Settings) -> Measurement:
+    style = STYLES["github"]
+    keys = secrets_for(s.keys, "concurrency")
+    options = ("--rph", "1000000", "--concurrency", str(CONCURRENT))
+    runner = run_concurrency_paceline if client == "paceline*" else run_concurrency_reference
+    with simulator("github", keys, s, options) as url:
+        m = asyncio.run(runner(style, keys, url, s))
+    m.limit_per_s = concurrency_limit_per_s(s)
+    return m
+
+
+class Quiet:
+    """A reporter that shows nothing."""
+
+    async def follow(self, engine: Engine) -> None:
+        return None
+
+    def note(self, message: str) -> None:
+        return None
+
+    def finish(self, result: RunResult) -> None:
+        return None
 
 
 # -- report ------------------------------------------------------------------------------
@@ -427,30 +690,71 @@ def describe(m: Measurement) -> str:
         f"    {m.style:<9} {m.client:<8} {m.utilization:6.3f} of limit  "
         f"{m.ok_per_s:6.2f} ok/s  429 {m.share_429:6.2%} ({m.rate_limited}/{m.requests})  "
         f"errors {m.errors}  in flight {wire:5.1f} (+{waiting:.1f} waiting)  workers {workers}  "
-        f"loop stall max {m.loop_lag:.2f} s\n"
+        f"loop stall max {m.loop_lag:.2f} s; since the start: {m.run_limited} limited of "
+        f"{m.run_requests}\n"
         f"      per key: {keys}\n"
         f"      ok/s second by second: {ramp}{extra}"
     )
 
 
+SCENARIOS = ("steady", "learn", "fixed", "concurrency")
+
+
+def table(runs: dict[tuple[str, str], list[Measurement]], targets: tuple[float, float]) -> str:
+    """The window scenarios' table, and the verdict on paceline's figures."""
+    lines = [
+        "| style | client | throughput / limit | 429 share | runs (throughput · 429) |",
+        "|---|---|---:|---:|---|",
+    ]
+    verdicts: dict[str, str] = {}
+    for (style, client), ms in runs.items():
+        util = statistics.median(m.utilization for m in ms)
+        share = statistics.median(m.share_429 for m in ms)
+        shown = " ; ".join(f"{m.utilization:.3f} · {m.share_429:.2%}" for m in ms)
+        bold = "**" if client.startswith("paceline") else ""
+        lines.append(f"| {style} | {bold}{client}{bold} | {util:.3f} | {share:.2%} | {shown} |")
+        if client == ("paceline" if ms[0].scenario == "steady" else "paceline*"):
+            fixed = github(style) and style != "github-smooth"
+            if util > 1.01 and not fixed:
+                # Only a burst allowance (GCRA's, against a fixed window) gets above the
+                # limit, and only for a while: the window did not see the steady state.
+                verdicts[style] = "not steady (above the limit: lengthen --warmup)"
+            elif util >= targets[0] and share <= targets[1]:
+                verdicts[style] = "met" + (" (a fixed window, spent early)" if util > 1.01 else "")
+            else:
+                verdicts[style] = "NOT met"
+    target = (
+        f"target (≥ {targets[0]} of the limit, ≤ {targets[1]:.0%} of requests answered 429): "
+        + "; ".join(f"{style} {verdict}" for style, verdict in verdicts.items())
+    )
+    return "\n".join([*lines, "", target])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--styles", default=",".join(STYLES), help="comma-separated")
-    parser.add_argument("--clients", default="paceline,baseline", help="comma-separated")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
+    parser.add_argument("--styles", default="openai,anthropic,github,gemini", help="steady's")
+    parser.add_argument("--learn-styles", default="openai", help="learn's, comma-separated")
+    parser.add_argument("--clients", default="paceline,baseline", help="steady's")
     parser.add_argument("--keys", type=int, default=4, help="number of keys")
     parser.add_argument(
         "--rate", type=int, default=600, help="requests/minute per key (GitHub: x60 per hour)"
     )
     parser.add_argument("--latency", default="lognormal:1,0.5", help="as for paceline sim")
-    parser.add_argument("--warmup", type=float, default=20.0, help="seconds")
-    parser.add_argument("--window", type=float, default=40.0, help="seconds")
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds (learn: 30)")
+    parser.add_argument("--window", type=float, default=40.0, help="seconds (learn: 30)")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write every measurement here")
     args = parser.parse_args()
+    scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
     styles = [x.strip() for x in args.styles.split(",") if x.strip()]
+    learn_styles = [x.strip() for x in args.learn_styles.split(",") if x.strip()]
     clients = [x.strip() for x in args.clients.split(",") if x.strip()]
-    for name in styles:
+    for name in scenarios:
+        if name not in SCENARIOS:
+            parser.error(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
+    for name in [*styles, *learn_styles]:
         if name not in STYLES:
             parser.error(f"unknown style {name!r} (known: {', '.join(STYLES)})")
     for name in clients:
@@ -464,47 +768,82 @@ def main() -> None:
         f"{s.limit_per_s:g} requests/s in all; latency {s.latency}; "
         f"warm-up {s.warmup:g} s, window {s.window:g} s; repeat {args.repeat}"
     )
-    runs: dict[tuple[str, str], list[Measurement]] = {}
-    for style in styles:
-        for rep in range(args.repeat):
-            for client in clients:
-                # Each repetition draws other latencies; both clients of one see the same.
-                m = measure(style, client, dataclasses.replace(s, seed=s.seed + rep))
-                runs.setdefault((style, client), []).append(m)
-                print(describe(m) + (f"  [run {rep + 1}]" if args.repeat > 1 else ""), flush=True)
+    rows: list[dict[str, Any]] = []
 
-    print()
-    print("| style | client | throughput / limit | 429 share | runs (throughput · 429) |")
-    print("|---|---|---:|---:|---|")
-    verdicts: dict[str, str] = {}
-    for (style, client), ms in runs.items():
-        util = statistics.median(m.utilization for m in ms)
-        share = statistics.median(m.share_429 for m in ms)
-        shown = " ; ".join(f"{m.utilization:.3f} · {m.share_429:.2%}" for m in ms)
-        bold = "**" if client == "paceline" else ""
-        print(f"| {style} | {bold}{client}{bold} | {util:.3f} | {share:.2%} | {shown} |")
-        if client == "paceline":
-            if util > 1.01:
-                # Only a burst allowance (GCRA's, against a fixed window) gets above the
-                # limit, and only for a while: the window did not see the steady state.
-                verdicts[style] = "not steady (above the limit: lengthen --warmup)"
-            elif util >= TARGET_UTILIZATION and share <= TARGET_429_SHARE:
-                verdicts[style] = "met"
-            else:
-                verdicts[style] = "NOT met"
-    if verdicts:
+    def run_windows(
+        scenario: str, names: list[str], who: list[str], settings: Settings
+    ) -> dict[tuple[str, str], list[Measurement]]:
+        runs: dict[tuple[str, str], list[Measurement]] = {}
+        for style in names:
+            for rep in range(args.repeat):
+                for client in who:
+                    # Each repetition draws other latencies; both clients see the same.
+                    seeded = dataclasses.replace(settings, seed=settings.seed + rep)
+                    if scenario == "concurrency":
+                        m = measure_concurrency(client, seeded)
+                    else:
+                        m = measure(style, client, seeded)
+                    m.scenario = scenario
+                    runs.setdefault((style, client), []).append(m)
+                    rows.append({**m.__dict__, "utilization": m.utilization})
+                    tag = f"  [run {rep + 1}]" if args.repeat > 1 else ""
+                    print(f"  {scenario}:" + describe(m)[1:] + tag, flush=True)
+        return runs
+
+    if "steady" in scenarios:
+        print("\n## steady: limits configured (issue 3)")
+        runs = run_windows("steady", styles, clients, s)
+        print("\n" + table(runs, (TARGET_UTILIZATION, TARGET_429_SHARE)))
+    if "learn" in scenarios:
+        print("\n## learn: limits not configured (paceline*), against them configured")
+        learn = dataclasses.replace(
+            s,
+            warmup=args.warmup if args.warmup != 20.0 else 30.0,
+            window=args.window if args.window != 40.0 else 30.0,
+        )
+        runs = run_windows("learn", learn_styles, list(LEARN_CLIENTS), learn)
+        print("\n" + table(runs, (TARGET_LEARNED, TARGET_LEARNED_429_SHARE)))
+    if "concurrency" in scenarios:
+        print(f"\n## concurrency: each token allows {CONCURRENT} in flight; limits not configured")
+        runs = run_windows("concurrency", ["github"], ["paceline*", "reference"], s)
+        print("\n" + table(runs, (TARGET_FIXED_SPEED, TARGET_LEARNED_429_SHARE)))
+    if "fixed" in scenarios:
+        f = FixedSettings(seed=args.seed)
         print(
-            f"\ntarget (paceline ≥ {TARGET_UTILIZATION} of the limit, ≤ {TARGET_429_SHARE:.0%} "
-            "of requests answered 429): "
-            + "; ".join(f"{style} {verdict}" for style, verdict in verdicts.items())
+            f"\n## fixed: {f.keys} GitHub tokens, {f.left} of {f.limit}/hour left, reset in "
+            f"{f.reset} s; {f.requests} requests; latency {f.latency}; limits not configured"
+        )
+        timed: dict[str, list[Timed]] = {}
+        for rep in range(args.repeat):
+            for client in ("paceline*", "reference"):
+                t = measure_fixed(client, dataclasses.replace(f, seed=f.seed + rep))
+                timed.setdefault(client, []).append(t)
+                rows.append(dict(t.__dict__))
+                after = "-" if t.after_reset is None else f"{t.after_reset:.2f} s"
+                print(
+                    f"  fixed: {client:<9} {t.seconds:6.2f} s  ok {t.ok}/{f.requests}  "
+                    f"limited {t.limited}/{t.requests}  first answer after the reset: {after}"
+                    + (f"; notes: {t.notes}" if t.notes else ""),
+                    flush=True,
+                )
+        ours = statistics.median(t.seconds for t in timed["paceline*"])
+        theirs = statistics.median(t.seconds for t in timed["reference"])
+        limited = max(t.limited for t in timed["paceline*"])
+        speed = theirs / ours if ours else 0.0
+        print("\n| client | wall time (median) | runs | limited answers |")
+        print("|---|---:|---|---:|")
+        for client, ts in timed.items():
+            shown = " ; ".join(f"{t.seconds:.2f}" for t in ts)
+            worst = max(t.limited for t in ts)
+            print(f"| {client} | {statistics.median(t.seconds for t in ts):.2f} s | {shown} | "
+                  f"{worst} |")  # fmt: skip
+        met = speed >= TARGET_FIXED_SPEED and limited == 0
+        print(
+            f"\npaceline at {speed:.3f} of the reference's speed, {limited} limited answers "
+            f"(target ≥ {TARGET_FIXED_SPEED}, 0): {'met' if met else 'NOT met'}"
         )
     if args.json:
-        rows = [
-            {**m.__dict__, "utilization": m.utilization, "share_429": m.share_429}
-            for ms in runs.values()
-            for m in ms
-        ]
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(rows, indent=1, default=str))
 
 
 if __name__ == "__main__":

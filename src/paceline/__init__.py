@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .item import Item, Status
     from .job import Job
     from .keys import Cost, Key, KeyPool, NoUsableKey
+    from .limits import Limit
     from .postgres import PostgresSink
     from .retry import Backoff
     from .sinks import Batch, CallableSink, JSONLSink, Sink, SQLiteSink
@@ -53,6 +54,7 @@ __all__ = [
     "JobAlreadyRunning",
     "Key",
     "KeyPool",
+    "Limit",
     "NoUsableKey",
     "PacelineError",
     "Permanent",
@@ -94,6 +96,7 @@ _LAZY = {
     "JobAlreadyRunning": "errors",
     "Key": "keys",
     "KeyPool": "keys",
+    "Limit": "limits",
     "NoUsableKey": "keys",
     "PacelineError": "errors",
     "Permanent": "errors",

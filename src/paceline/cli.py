@@ -415,6 +415,8 @@ def plan(jobfile: Path, store: str | None, requests_per_item: float | None) -> i
     # A shared quota group is counted once, not once per key in it.
     shown = {k["key"]: k for k in status["keys"]}
     groups = []
+    if not job.keys.keys:  # its keys are not set on this machine: the store's view
+        groups = [[parse_limit(t) for t in k.get("limits") or []] for k in status["keys"]]
     for key, group in job.keys.groups():
         stored = (shown.get(key.masked) or {}).get("limits") or []
         try:

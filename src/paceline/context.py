@@ -10,9 +10,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .client import PoolClient
+from .client import LeaseHandle, PoolClient
 from .clock import Clock
-from .keys import Cost, Key
+from .keys import Cost
 
 __all__ = ["Context"]
 
@@ -32,9 +32,10 @@ class Context:
     clock: Clock
     processes: Callable[[], Executor] | None = None
 
-    def lease(self, cost: Cost | None = None) -> AbstractAsyncContextManager[Key]:
+    def lease(self, cost: Cost | None = None) -> AbstractAsyncContextManager[LeaseHandle]:
         """A key and a slot for an SDK with its own HTTP stack: ``async with
-        ctx.lease(Cost(tokens=500)) as key: ...`` (see :meth:`PoolClient.lease`)."""
+        ctx.lease(Cost(tokens=500)) as lease: ...`` with ``lease.secret``, then
+        ``lease.usage(response)`` (see :meth:`PoolClient.lease`)."""
         return self.http.lease(cost)
 
     async def run_cpu(self, fn: Callable[..., T], *args: Any) -> T:

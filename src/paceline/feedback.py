@@ -13,9 +13,18 @@ default backoff applies), a window length that is not positive is dropped, and
 
 Understood, as documented: ``Retry-After`` (seconds or HTTP-date) and ``retry-after-ms``;
 OpenAI ``x-ratelimit-*-{requests,tokens}`` (Go-duration resets) and error codes; Anthropic
-``anthropic-ratelimit-*`` (RFC 3339 resets) and error types; GitHub primary and secondary
-limits; Gemini ``QuotaFailure``/``RetryInfo`` (per-day quotas reset at midnight Pacific);
-IETF ``RateLimit``/``RateLimit-Policy``, the older ``RateLimit-Limit`` trio, ``X-RateLimit-*``.
+``anthropic-ratelimit-*`` (RFC 3339 resets; input and output tokens apart) and error types;
+GitHub primary and secondary limits; Gemini ``QuotaFailure``/``RetryInfo`` (per-day quotas
+reset at midnight Pacific); IETF ``RateLimit``/``RateLimit-Policy``, the older
+``RateLimit-Limit`` trio, ``X-RateLimit-*``.
+
+Two kinds of window (:attr:`Window.fixed`). OpenAI's and Anthropic's limits are buckets
+refilled continuously: their reset says when the bucket is full again, so a window's length
+is read from it (reset × limit ÷ used: 12 ms for one request of 5,000 is a minute, 8.64 s
+for one of 10,000 a day), not assumed from the provider's name; a reset that only says
+when the newest request leaves a sliding window is told apart by its size. GitHub's
+``x-ratelimit-*``, the IETF fields and other ``X-RateLimit-*`` trios announce a *fixed*
+window: what is left, and when it resets.
 
 >>> fb = read_feedback(429, {"Retry-After": "20"}, None, now=1_000.0)
 >>> fb.verdict, fb.retry_at
@@ -67,10 +76,17 @@ class Window:
     limit: int | None
     remaining: int | None
     reset_at: float | None
-    """Epoch seconds when the window is full again."""
+    """Epoch seconds when the window is full again (a fixed one: when it resets)."""
     period: float | None
     """Window length in seconds, when known."""
     name: str | None = None
+    fixed: bool | None = None
+    """``True``: a fixed window, announced with what is left and when it resets (GitHub,
+    IETF); ``False``: a smooth one, refilled continuously (OpenAI, Anthropic); ``None``:
+    not said."""
+    reset_slack: float = 0.0
+    """How precisely ``reset_at`` is known: a reset in whole seconds may lie up to a second
+    after the one given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +99,11 @@ class Feedback:
     ``billing_error``): park the key for the run. On an ``OK`` 5xx it is the provider's
     ``Retry-After``. ``scope`` is ``minute``, ``hour``, ``day`` or ``secondary`` (GitHub);
     ``tokens_used`` the usage the body reports; ``reason`` one line for the user.
-    ``ignored`` names the first absurd wait the answer gave (infinite, negative, more than a
-    day ahead), which was ignored: tell the user once, not once per answer.
+    ``input_used`` and ``output_used`` are the tokens the body reports on each side, as
+    the provider's input and output meters count them (Anthropic's cache reads are not
+    input tokens there). ``ignored`` names the first absurd wait the answer gave (infinite,
+    negative, more than a day ahead), which was ignored: tell the user once, not once per
+    answer.
 
     Every time here is finite and at most a day ahead (a Gemini day ends at the next
     midnight in its zone: up to 25 hours on the day clocks go back).
@@ -97,6 +116,8 @@ class Feedback:
     tokens_used: int | None = None
     reason: str | None = None
     ignored: str | None = None
+    input_used: int | None = None
+    output_used: int | None = None
 
 
 # verdict, retry_at, scope, reason
@@ -162,7 +183,10 @@ def read_feedback(
         or _judge_status(answer)
     )
     tokens = _tokens_used(data)
-    return Feedback(verdict, retry_at, answer.windows, scope, tokens, reason, waits.ignored)
+    inputs, outputs = _sides_used(data)
+    return Feedback(
+        verdict, retry_at, answer.windows, scope, tokens, reason, waits.ignored, inputs, outputs
+    )
 
 
 # -- verdicts -----------------------------------------------------------------------------
@@ -266,8 +290,7 @@ def _judge_openai(a: _Answer) -> _Judgement | None:
     unit = unit or "requests"
     # Free tiers also have per-day limits (RPD, TPD); the message names the one hit.
     daily = "per day" in text or "(rpd)" in text or "(tpd)" in text
-    period = 86_400.0 if daily else 60.0
-    reset = next((w.reset_at for w in a.windows if w.name == unit and w.period == period), None)
+    reset = next((w.reset_at for w in a.windows if w.name == unit), None)
     retry_at = _first(a.retry_after, reset, _advice(a))
     scope = "day" if daily else "minute"
     verdict = Verdict.QUOTA_EXHAUSTED if daily else Verdict.RATE_LIMITED
@@ -349,13 +372,13 @@ def _openai_windows(h: dict[str, str], waits: Waits) -> list[Window]:
         limit = _count(h.get(f"x-ratelimit-limit-{unit}"))
         remaining = _count(h.get(f"x-ratelimit-remaining-{unit}"))
         name = f"x-ratelimit-reset-{unit}"
-        reset = waits.delay(_go_duration(h.get(name)), name)
-        # OpenAI's windows are per minute, but tiers with a per-day limit (RPD, TPD) announce
-        # that one instead. A reset (time until full) beyond a minute betrays it; the reset is
-        # not turned into a refill rate, as a fixed or sliding window would read as daily.
-        period = 86_400.0 if reset is not None and reset > 60 else 60.0
+        text = h.get(name)
+        reset = waits.delay(_go_duration(text), name)
+        quantum = _duration_quantum(text) if reset is not None else 0.0
+        # Per minute (RPM, TPM) or per day (RPD, TPD): the reset says which.
+        period = smooth_period(limit, remaining, reset, quantum)
         reset_at = None if reset is None else waits.now + reset
-        out += _announced(unit, limit, remaining, reset_at, period, unit)
+        out += _announced(unit, limit, remaining, reset_at, period, unit, False, quantum)
     return out
 
 
@@ -365,19 +388,91 @@ def _anthropic_windows(h: dict[str, str], waits: Waits) -> list[Window]:
         prefix = f"anthropic-ratelimit-{name}-"
         limit, remaining = _count(h.get(prefix + "limit")), _count(h.get(prefix + "remaining"))
         unit: Literal["requests", "tokens"] = "requests" if name == "requests" else "tokens"
-        # Anthropic's limits are token buckets refilled over a minute.
-        reset_at = waits.until(timestamp(h.get(prefix + "reset")), prefix + "reset")
+        # Anthropic's limits are token buckets refilled continuously; the reset (RFC 3339,
+        # to the second or finer) says when one is full again.
+        text = h.get(prefix + "reset")
+        reset_at = waits.until(timestamp(text), prefix + "reset")
+        quantum = _stamp_quantum(text) if reset_at is not None else 0.0
+        reset = None if reset_at is None else reset_at - waits.now
+        period = smooth_period(limit, remaining, reset, quantum)
         label = name.replace("-", "_")
-        out += _announced(unit, limit, remaining, reset_at, 60.0, label)
+        out += _announced(unit, limit, remaining, reset_at, period, label, False, quantum)
     return out
+
+
+#: Window lengths providers use; a length read from an answer is one of these when the
+#: answer's precision allows, else taken as it is (when precise) or left unknown.
+_WINDOWS = (1.0, 60.0, 3_600.0, 86_400.0)
+_FIT = 1.15  # how far a length read from one answer may be off the window it names
+
+
+def smooth_period(
+    limit: int | None,
+    remaining: int | None,
+    reset: float | None,
+    quantum: float,
+    default: float = 60.0,
+) -> float | None:
+    """A smooth window's length, from what one answer says: ``reset`` seconds until the
+    limit is full again, known to ``quantum``.
+
+    A bucket refilled at ``limit`` per window is full again after used × window ÷ limit:
+    so the window is reset × limit ÷ used. A sliding log (a window that holds the last
+    minute's requests) is full again when its newest request leaves: the reset is then
+    about the window itself. When the two readings name different windows the answer
+    does not say (``None``: the next one will); when it says too little (nothing used
+    yet, a reset coarser than it), ``default``. A reset no bucket could explain (one
+    request of 5,000 full again in 45 s) is a window's end: the shortest usual window
+    that holds it.
+
+    >>> smooth_period(5000, 4999, 0.012, 0.001), smooth_period(10_000, 9_999, 8.64, 0.01)
+    (60.0, 86400.0)
+    """
+    if limit is None or remaining is None or reset is None or remaining >= limit:
+        return default
+    used = limit - remaining
+    low, high = max(0.0, reset - quantum) * limit / used, (reset + quantum) * limit / used
+    bucket = [w for w in _WINDOWS if low / _FIT <= w <= high * _FIT]
+    log = []
+    if reset >= 5 * quantum:  # the reset is precise enough to be the window itself
+        log = [w for w in _WINDOWS if w / _FIT <= reset <= w + quantum]
+    if bucket and log:
+        return bucket[0] if bucket == log else None
+    if log:
+        return log[0]
+    if len(bucket) == 1:
+        return bucket[0]
+    if bucket:
+        return default if default in bucket else None
+    if low > _WINDOWS[-1] * _FIT:
+        # No bucket refills that slowly: the reset is when a window ends, and the window
+        # is at least that long.
+        return fixed_period(reset) or default
+    if low > 0 and high / low < 1.3:  # precise, and none of the usual lengths
+        return float(f"{(low + high) / 2:.2g}")
+    return default
+
+
+def fixed_period(reset: float | None, known: float | None = None) -> float | None:
+    """A fixed window's length: ``known`` (the answer named it: GitHub's resource, an IETF
+    policy's ``w``), else the shortest usual length that holds the reset (a reset within
+    the next second and a half says too little)."""
+    if known is not None or reset is None or reset < 1.5:
+        return known
+    return next((w for w in _WINDOWS if reset <= w * 1.01), None)
 
 
 def _x_ratelimit_windows(h: dict[str, str], waits: Waits, github: bool) -> list[Window]:
     resource = h.get("x-ratelimit-resource")
-    period = None
+    known = None
     if github:  # GitHub's windows are an hour, except search's
-        period = 60.0 if resource in _GITHUB_PER_MINUTE else 3_600.0
-    return _announced("requests", *_trio(h, "x-ratelimit-", waits), period, _safe(resource))
+        known = 60.0 if resource in _GITHUB_PER_MINUTE else 3_600.0
+    limit, remaining, reset_at = _trio(h, "x-ratelimit-", waits)
+    reset = None if reset_at is None else reset_at - waits.now
+    period = fixed_period(reset, known)
+    slack = _seconds_quantum(_first_item(h.get("x-ratelimit-reset"))) if reset_at else 0.0
+    name = _safe(resource)
+    return _announced("requests", limit, remaining, reset_at, period, name, True, slack)
 
 
 _IETF_UNITS: dict[str | None, Literal["requests", "tokens"]] = {
@@ -405,12 +500,19 @@ def _ietf_windows(h: dict[str, str], waits: Waits) -> list[Window]:
         reset_at = waits.after(number(state.get("t")), "RateLimit t")
         limit, remaining = _count(policy.get("q")), _count(state.get("r"))
         period = waits.period(number(policy.get("w")), "RateLimit-Policy w")
-        out.append(Window(unit, limit, remaining, reset_at, period, name))
+        if "w" not in policy and reset_at is not None:  # (a w given but absurd: unknown)
+            period = fixed_period(reset_at - waits.now)
+        slack = _seconds_quantum(state.get("t")) if reset_at is not None else 0.0
+        out.append(Window(unit, limit, remaining, reset_at, period, name, True, slack))
     limit, remaining, reset_at = _trio(h, "ratelimit-", waits)
     periods = [w for q, w in legacy if q == limit] or [w for _, w in legacy[:1]]
-    out += _announced("requests", limit, remaining, reset_at, periods[0] if periods else None)
+    period = periods[0] if periods else None
+    if not legacy and reset_at is not None:
+        period = fixed_period(reset_at - waits.now)
+    slack = _seconds_quantum(_first_item(h.get("ratelimit-reset"))) if reset_at else 0.0
+    out += _announced("requests", limit, remaining, reset_at, period, None, True, slack)
     if limit is None and remaining is None and reset_at is None:
-        out += [Window("requests", q, None, None, w) for q, w in legacy]
+        out += [Window("requests", q, None, None, w, None, True) for q, w in legacy]
     return out
 
 
@@ -431,11 +533,45 @@ def _announced(
     reset_at: float | None,
     period: float | None,
     name: str | None = None,
+    fixed: bool | None = None,
+    slack: float = 0.0,
 ) -> list[Window]:
     """The window, if the headers said anything about it."""
     if limit is None and remaining is None and reset_at is None:
         return []
-    return [Window(unit, limit, remaining, reset_at, period, name)]
+    return [Window(unit, limit, remaining, reset_at, period, name, fixed, slack)]
+
+
+def _decimals_quantum(text: str) -> float:
+    digits = text.partition(".")[2]
+    digits = "".join(c for c in digits if c.isdigit())
+    return 10.0 ** -len(digits) if digits else 1.0
+
+
+def _seconds_quantum(text: str | None) -> float:
+    """How precise a number of (epoch) seconds is: 1 s for a whole number."""
+    if text is None:
+        return 0.0
+    return _decimals_quantum(text.strip())
+
+
+def _duration_quantum(text: str | None) -> float:
+    """How precise a Go duration is: ``12ms`` to the millisecond, ``8.64s`` to 10 ms."""
+    if text is None:
+        return 0.0
+    parts = _GO_PART.findall(text)
+    if not parts:
+        return _decimals_quantum(text)
+    digits, unit = parts[-1]
+    return _decimals_quantum(digits) * _GO_UNITS[unit]
+
+
+def _stamp_quantum(text: str | None) -> float:
+    """How precise an RFC 3339 time is: to the second unless it has a fraction."""
+    if text is None:
+        return 0.0
+    found = re.search(r":\d\d\.(\d+)", text)
+    return 10.0 ** -len(found.group(1)) if found else 1.0
 
 
 # -- parsing ------------------------------------------------------------------------------
@@ -490,6 +626,23 @@ _USAGE = (
     ("usageMetadata", "totalTokenCount", ("promptTokenCount", "candidatesTokenCount",
                                           "thoughtsTokenCount", "toolUsePromptTokenCount")),
 )  # fmt: skip
+
+
+def _sides_used(data: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """Input and output tokens as the providers' input and output meters count them."""
+    usage = data.get("usage")
+    if isinstance(usage, Mapping):
+        inputs = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+        outputs = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+        # Anthropic counts cache writes as input tokens; cache reads do not count.
+        created = _count(usage.get("cache_creation_input_tokens"))
+        if inputs is not None and created is not None and "input_tokens" in usage:
+            inputs += created
+        return inputs, outputs
+    meta = data.get("usageMetadata")
+    if isinstance(meta, Mapping):
+        return _count(meta.get("promptTokenCount")), _count(meta.get("candidatesTokenCount"))
+    return None, None
 
 
 def _retry_after(h: dict[str, str], waits: Waits) -> float | None:

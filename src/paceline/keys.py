@@ -106,18 +106,33 @@ class Key:
         return describe_state(self.state, self.until, now)
 
 
+#: Past this (the year 9999), an ``until`` is not a time: the key waits for this run.
+_LAST_TIME = 253_402_300_799.0
+
+
 def describe_state(state: str, until: float | None, now: float) -> str:
-    """A key's state for people; ``until`` of ``None`` or infinity means for this run."""
+    """A key's state for people; ``until`` of ``None``, infinity, NaN or past the year 9999
+    means for this run. Never raises, whatever the store or an answer held."""
     if state not in ("cooling", "parked"):
         return state
-    if until is None or math.isinf(until):
+    if until is None or not math.isfinite(until) or until >= _LAST_TIME:
         return f"{state} for this run"
     if until <= now:
         return "ready"
-    when = dt.datetime.fromtimestamp(until).strftime(
-        "%H:%M:%S" if until - now < 86400 else "%Y-%m-%d %H:%M"
-    )
+    try:
+        when = dt.datetime.fromtimestamp(until).strftime(
+            "%H:%M:%S" if until - now < 86400 else "%Y-%m-%d %H:%M"
+        )
+    except (OverflowError, OSError, ValueError):  # beyond what this platform can show
+        return f"{state} for this run"
     return f"{state} until {when}"
+
+
+def shown_until(until: float | None) -> float | None:
+    """``until`` as a key row shows it: a finite time, or ``None`` (for this run)."""
+    if until is None or not math.isfinite(until) or until >= _LAST_TIME:
+        return None
+    return until
 
 
 _AUTH = re.compile(r"^(bearer|token|header:[A-Za-z0-9-]+|query:[A-Za-z0-9_.-]+)$")
@@ -134,6 +149,11 @@ class KeyPool:
     "8 concurrent"]``. Daily windows reset at midnight in ``day_resets`` (a time zone
     name, UTC by default). ``shared=True`` makes the keys one group with one set of
     meters (keys of one account sharing its quota). Pools add up: ``pool_a + pool_b``.
+
+    Limits nobody configured are learned from the provider's answers, with the window
+    each answer gives (smooth, or fixed as GitHub's are): a pool without any limit set
+    runs at what its keys allow too. ``"5000/hour fixed"`` (or ``Limit("5000/hour",
+    fixed=True)``) says a window is fixed before any answer does.
 
     >>> pool = KeyPool(["k1-0123456789abcdef", "k2-0123456789abcdef"], rpm=15, rpd=1500,
     ...                day_resets="America/Los_Angeles")
@@ -152,10 +172,13 @@ class KeyPool:
         day_resets: str | None = None,
         shared: bool = False,
         clock: Clock = SYSTEM_CLOCK,
+        missing: str | None = None,
     ) -> None:
         secrets = [k.strip() for k in keys if k and k.strip()]
-        if not secrets:
+        if not secrets and missing is None:
             raise ConfigError("KeyPool: no keys given")
+        #: why the pool has no keys (``from_env`` found none), said when a run needs them
+        self.missing = missing
         if not _AUTH.match(auth):
             raise ConfigError(
                 f"KeyPool: auth {auth!r} is not one of bearer, token, header:NAME, query:NAME"
@@ -176,7 +199,7 @@ class KeyPool:
         prints = [fingerprint(s) for s in unique]
         shared_group = (
             LocalGroup(GroupSpec(prints[0], self.limits, day_resets, tuple(prints)))
-            if shared
+            if shared and prints
             else None
         )
         self.keys = [
@@ -197,6 +220,7 @@ class KeyPool:
         merged = copy.copy(self)
         merged.keys = [*self.keys, *[k for k in other.keys if k not in self.keys]]
         merged.limits = self.limits + other.limits
+        merged.missing = None if merged.keys else (self.missing or other.missing)
         merged._reported = {}
         clock = self.limiter.clock
         merged._local = LocalBackend((k.group for k in merged.keys), clock)
@@ -227,7 +251,12 @@ class KeyPool:
         workers. With it, ``await pool.limiter.start()`` before the first request and
         ``await pool.limiter.aclose()`` after the run (both do nothing for local meters).
         Waiting acquirers of a previous run's :meth:`Limiter.close` are forgotten.
+
+        A pool whose keys were not found (:meth:`from_env` on a machine without them)
+        raises :class:`~paceline.errors.ConfigError` here: a run needs its keys; reading a
+        job's state does not.
         """
+        self.require_keys()
         limiter = self.limiter
         self.clock = clock
         limiter.on_event = on_event
@@ -238,6 +267,12 @@ class KeyPool:
             backend.adopt(k.group for k in self.keys)  # the keys' own meters, not copies
         limiter.use(backend)
         limiter.reopen()
+
+    def require_keys(self) -> None:
+        """Raise :class:`~paceline.errors.ConfigError` if the pool has no keys (their
+        environment variables were not set), saying which to set."""
+        if self.missing is not None:
+            raise ConfigError(self.missing)
 
     def groups(self) -> list[tuple[Key, LocalGroup]]:
         """Each group once, with the key that names it in the store, and its in-process
@@ -262,6 +297,16 @@ class KeyPool:
                 {"unit": day.limit.unit, "used": round(day.used), "limit": day.limit.count}
                 for day in view.today
             ]
+            state, until, reason = key.state, key.until, key.reason
+            if state == "ready" or (state == "cooling" and until <= now):
+                # A fixed window spent: the key waits for its reset, as if parked.
+                spent = [w for w in view.windows if w.spent and w.resets_at > now]
+                if spent:
+                    window = max(spent, key=lambda w: w.resets_at)
+                    state, until = "parked", window.resets_at
+                    reason = f"{window.limit.describe()} spent until its reset"
+            shown = describe_state(state, until, now)
+            waiting = shown.startswith(("cooling until", "parked until"))
             rows.append(
                 {
                     "key": key.masked,
@@ -269,9 +314,9 @@ class KeyPool:
                     "tokens": key.tokens,
                     "rate_limited": key.rate_limited,
                     "errors": key.errors,
-                    "state": key.describe_state(now),
-                    "until": key.until if key.state in ("cooling", "parked") else None,
-                    "reason": key.reason,
+                    "state": shown,
+                    "until": shown_until(until) if waiting else None,
+                    "reason": reason if shown != "ready" else key.reason,
                     "limits": [limit.describe() for limit in view.limits],
                     "today": today,
                 }
@@ -280,8 +325,10 @@ class KeyPool:
 
     @property
     def limited(self) -> bool:
-        """Whether any key has a limit (configured or learned)."""
-        return any(self.limiter.view(spec.id).limits for spec in self.limiter.groups())
+        """Whether the keys bound the run's throughput, so the engine sizes its workers to
+        them (automatic concurrency): every pool with keys, whether its limits are
+        configured, learned, or still to be learned from the provider's answers."""
+        return bool(self.keys)
 
     @classmethod
     def from_env(
@@ -296,6 +343,11 @@ class KeyPool:
 
         Variables in the process environment win over those in ``env_file``; ``options``
         are those of :class:`KeyPool` (``auth``, ``rpm``, ``limits``, …).
+
+        No keys found is not an error here: a job file is also loaded where its keys are
+        not (``paceline status`` on another machine). The pool then has no keys, and a run
+        raises :class:`~paceline.errors.ConfigError` ("no keys found: set …") when it
+        binds the pool (:meth:`bind`, :meth:`require_keys`).
         """
         env: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
@@ -312,13 +364,14 @@ class KeyPool:
         secrets = [value for _, value in found]
         for name in dict.fromkeys([prefix, prefix.rstrip("_")]):
             secrets += [part for part in env.get(name, "").split(",") if part.strip()]
+        missing = None
         if not secrets:
             shown = prefix.rstrip("_")
-            raise ConfigError(
+            missing = (
                 f"no keys found: set {shown}_1, {shown}_2, … or {shown}=key1,key2 "
                 "in the environment or a .env file"
             )
-        return cls(secrets, **options)
+        return cls(secrets, missing=missing, **options)
 
     # -- choosing a key ----------------------------------------------------------------
 
@@ -327,6 +380,7 @@ class KeyPool:
 
     async def acquire(self, cost: Cost | None = None) -> Lease[Key]:
         """A key and a slot for one request of ``cost`` (see :class:`Limiter`)."""
+        self.require_keys()
         return await self.limiter.acquire(cost or Cost())
 
     def settle(self, lease: Lease[Key], feedback: Feedback) -> None:

@@ -6,9 +6,12 @@ backend to reserve it on the key that can admit it soonest (one atomic call per 
 the key's state and every meter of its group). The backend answers with a send time (so
 the next request sees the slot as taken) or with when it could; the limiter sleeps until
 the slot's time. The answer then *settles* the reservation: actual tokens replace the
-estimate, a 429 cools that key alone and slows its meters a little, a spent daily quota
-parks the key until its reset, a rejected key is disabled, and limits the provider
-announces but nobody configured are learned.
+estimate (input and output apart, where the provider meters them apart), a 429 cools that
+key alone and slows its meters a little, a concurrency limit answered (GitHub's secondary
+limit) caps the group's requests in flight, a spent daily quota parks the key until its
+reset, a rejected key is disabled, limits the provider announces but nobody configured are
+learned (with the window the answer gives, smooth or fixed), and what a fixed window's
+answer says is left reconciles its meter.
 
 The meters live in a :class:`~paceline.meters.MeterBackend`: in this process (the default),
 or in Redis, shared by every worker, so a 429 or a revoked key seen by one worker is known
@@ -29,7 +32,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from .clock import Clock
 from .errors import MetersUnavailable, NoUsableKey, PacelineError
 from .feedback import Feedback, Verdict, Window
-from .limits import Cost, Limit
+from .limits import Cost, Limit, Unit
 from .meters.protocol import (
     RECOVERY,
     GroupSpec,
@@ -61,6 +64,8 @@ SLOT_POLL = 0.05
 REFRESH = 1.0
 #: The longest wait between two attempts to reach an unreachable backend.
 MAX_BACKOFF = 2.0
+#: Scopes of a 429 that mean "too many at once" rather than "too many in the window".
+CONCURRENCY_SCOPES = frozenset({"secondary", "concurrent"})
 
 
 class Stopping(PacelineError):
@@ -73,6 +78,9 @@ class QuotaWait(PacelineError):
     def __init__(self, until: float) -> None:
         super().__init__("every key is out of quota")
         self.until = until
+
+
+_NOTHING = Cost()
 
 
 class _Grouped(Protocol):
@@ -115,10 +123,18 @@ class Lease(Generic[K]):
     cost: Cost
     sent_at: float
     reservation: Reservation | None = None
-    #: the tokens it holds: the estimate, then what the answer said
-    tokens: int = 0
+    #: the tokens it holds (all, input, output): the estimate, then what the answer said
+    held: Cost = _NOTHING
     released: bool = False
     refunded: bool = False
+    #: requests of this process in flight on the key's group when it was sent (itself too)
+    flying: int = 1
+    #: the fixed windows its answer said something of
+    reported: frozenset[str] = frozenset()
+
+    @property
+    def tokens(self) -> int:
+        return self.held.tokens
 
 
 def _state(key: MeteredKey) -> KeyState:
@@ -151,6 +167,8 @@ class Limiter(Generic[K]):
         self.waited = 0  # acquirers that had to wait, ever
         self.rejections = 0  # 429s, ever (the engine's autoscaler watches it)
         self._told: set[str] = set()
+        self._told_ignored: set[str] = set()  # keys told about an absurd wait ignored
+        self._flying: dict[str, int] = {}  # this process's requests in flight, per group
         self._closed = asyncio.Event()
         self._next = 0
         # FIFO of requests waiting for a concurrency slot on any key
@@ -323,14 +341,14 @@ class Limiter(Generic[K]):
                     try:
                         await self._sleep(wait)
                     except (Stopping, asyncio.CancelledError):
-                        self.backend.refund(reservation, cost.tokens)
+                        self.backend.refund(reservation, cost)
                         raise
                     try:
                         answer = await self.backend.begin(
                             reservation, now=self._now_arg(self.clock.time())
                         )
                     except MetersUnavailable as exc:
-                        self.backend.refund(reservation, cost.tokens)
+                        self.backend.refund(reservation, cost)
                         attempts += 1
                         await self._wait_for_backend(exc, attempts)
                         continue
@@ -340,7 +358,9 @@ class Limiter(Generic[K]):
                     reservation = answer.reservation
                 key.requests += cost.requests
                 key.tokens += cost.tokens
-                return Lease(key, cost, self.clock.time(), reservation, cost.tokens)
+                flying = self._flying.get(group, 0) + 1
+                self._flying[group] = flying
+                return Lease(key, cost, self.clock.time(), reservation, cost, flying=flying)
         finally:
             if waited:
                 self.waiting -= 1
@@ -396,14 +416,18 @@ class Limiter(Generic[K]):
             self._unreachable = False
             self.on_event("limiter: meters reachable again")
 
-    def _day_out(self, key: K, now: float) -> bool:
+    def _window_out(self, key: K, now: float) -> bool:
+        """A day's quota, or a fixed window, spent until well ahead."""
         view = self.backend.view(key.group.spec.id, now)
-        return any(day.exhausted and day.resets_at > now + HORIZON for day in view.today)
+        far = now + HORIZON
+        return any(day.exhausted and day.resets_at > far for day in view.today) or any(
+            window.spent and window.resets_at > far for window in view.windows
+        )
 
     def _all_out_of_quota(self, now: float) -> bool:
         usable = [k for k in self.keys if k.state != "disabled"]
         return bool(usable) and all(
-            (k.state == "parked" and k.until > now + HORIZON) or self._day_out(k, now)
+            (k.state == "parked" and k.until > now + HORIZON) or self._window_out(k, now)
             for k in usable
         )
 
@@ -419,10 +443,20 @@ class Limiter(Generic[K]):
         if lease.released:
             return
         lease.released = True
+        group = lease.key.group.spec.id
+        self._flying[group] = max(0, self._flying.get(group, 0) - 1)
         reservation = lease.reservation
-        if reservation is not None and reservation.slot:
+        if reservation is not None:
+            if not lease.refunded:
+                # An answer that said nothing of a fixed window (a transport error, no
+                # headers): the provider may have counted the request, so it counts.
+                for limit in self.backend.view(group, self.clock.time()).limits:
+                    mid = meter_id(limit)
+                    if limit.fixed and _metered_fixed(limit) and mid not in lease.reported:
+                        self.backend.reconcile(reservation, mid, None, None)
             self.backend.release(reservation)
-            self._wake_one()
+            if reservation.slot:
+                self._wake_one()
 
     # -- learning ----------------------------------------------------------------------
 
@@ -430,12 +464,15 @@ class Limiter(Generic[K]):
         """Learn from the answer to a leased request."""
         key, now = lease.key, self.clock.time()
         group = key.group.spec.id
-        used = feedback.tokens_used
-        if used is not None and used != lease.tokens:
-            key.tokens += used - lease.tokens
+        used = _used(lease.held, feedback)
+        if used != lease.held:
+            key.tokens += used.tokens - lease.held.tokens
             if lease.reservation is not None and not lease.refunded:
-                self.backend.settle(lease.reservation, lease.tokens, used)
-            lease.tokens = used
+                self.backend.settle(lease.reservation, lease.held, used)
+            lease.held = used
+        if feedback.ignored and key.fingerprint not in self._told_ignored:
+            self._told_ignored.add(key.fingerprint)  # once per key, not once per answer
+            self.on_event(f"key {key.masked}: {feedback.ignored}")
         verdict = feedback.verdict
         if verdict is Verdict.OK:
             key.consecutive_429 = 0
@@ -451,7 +488,11 @@ class Limiter(Generic[K]):
             wait = 1.0 * 2 ** min(key.consecutive_429 - 1, 6)
             until = feedback.retry_at if feedback.retry_at is not None else now + wait
             self._set_state(key, KeyState("cooling", until))
-            self.backend.slow_down(group, self._now_arg(now))
+            if feedback.scope in CONCURRENCY_SCOPES:
+                # Too many at once (GitHub's secondary limits): fewer in flight, not slower.
+                self.backend.throttle(group, lease.flying, self._now_arg(now))
+            else:
+                self.backend.slow_down(group, self._now_arg(now))
         elif verdict is Verdict.QUOTA_EXHAUSTED:
             key.rate_limited += 1
             self._refund(lease)
@@ -469,12 +510,12 @@ class Limiter(Generic[K]):
                 reason = feedback.reason or "rejected by the provider"
                 self._set_state(key, KeyState("disabled", 0.0, reason))
                 self.on_event(f"key {key.masked} disabled for this run: {key.reason}")
-        self._learn(key, feedback.windows, now)
+        self._learn(lease, feedback.windows, now)
 
     def _refund(self, lease: Lease[K]) -> None:
         if lease.reservation is not None and not lease.refunded:
             lease.refunded = True
-            self.backend.refund(lease.reservation, lease.tokens)
+            self.backend.refund(lease.reservation, lease.held)
 
     def _set_state(self, key: K, state: KeyState) -> None:
         """Change the key's state here and in the backend (for every worker)."""
@@ -495,37 +536,83 @@ class Limiter(Generic[K]):
             else:
                 self.on_event(f"key {key.masked} parked: {key.reason}")
 
-    def _learn(self, key: K, windows: Sequence[Window], now: float) -> None:
+    def _learn(self, lease: Lease[K], windows: Sequence[Window], now: float) -> None:
+        key = lease.key
         group = key.group.spec.id
         limits: tuple[Limit, ...] | None = None
+        # Anthropic's combined tokens window mirrors the tighter of its input and output
+        # ones: where those are announced, they are metered, and it is not.
+        split = any(w.name in ("input_tokens", "output_tokens") for w in windows)
         for window in windows:
-            if window.name in ("input_tokens", "output_tokens"):
-                continue  # Anthropic's split windows: not the one tokens limit we meter
+            unit = _unit(window)
+            if split and unit == "tokens":
+                continue
             if limits is None:
                 limits = self.backend.view(group, now).limits
-            matching = [
-                lim for lim in limits if lim.unit == window.unit and _same_window(lim, window)
-            ]
+            matching = [lim for lim in limits if lim.unit == unit and _same_window(lim, window)]
             if window.limit and window.period and not matching:
-                limit = Limit(window.limit, window.period, window.unit)
-                self.backend.learn(group, limit)
+                kind = window.fixed if unit == "requests" and window.period < 86_400 else None
+                limit = Limit(window.limit, window.period, unit, fixed=kind)
+                self.backend.learn(group, limit, self._seed(lease, window, limit))
                 limits = None  # the next window sees the new meter
+                matching = [limit]
                 if limit.describe() not in self._told:  # once per limit, not once per key
                     self._told.add(limit.describe())
                     self.on_event(f"key {key.masked}: learned limit {limit.describe()}")
             for lim in matching:
+                # (Fixed windows are metered so for requests within a day; daily quotas
+                # are counters, token windows logs, which the reset exhausts.)
+                kind = lim.fixed
+                if window.fixed and kind is None and _metered_fixed(lim):
+                    # Configured without saying which: the provider says it is fixed.
+                    kind = True
+                    self.backend.learn(group, Limit(lim.count, lim.seconds, unit, fixed=True))
+                    limits = None
+                fixed = bool(kind) and _metered_fixed(lim)
                 if window.limit and window.limit < lim.count:
                     # Configured higher than the provider allows: believe the provider.
-                    lowered = Limit(window.limit, lim.seconds, lim.unit)
+                    lowered = Limit(window.limit, lim.seconds, lim.unit, fixed=kind)
                     self.backend.learn(group, lowered)
                     limits = None
                     self.on_event(f"key {key.masked}: limit lowered to {lowered.describe()}")
-            if window.remaining == 0 and window.reset_at is not None and window.reset_at > now:
-                if matching:
-                    for lim in matching:
-                        self.backend.exhaust(group, meter_id(lim), window.reset_at)
-                else:
+                if fixed and window.remaining is not None and lease.reservation is not None:
+                    mid = meter_id(lim)
+                    self.backend.reconcile(
+                        lease.reservation,
+                        mid,
+                        window.remaining,
+                        window.reset_at,
+                        window.reset_slack,
+                    )
+                    lease.reported |= {mid}
+            spent = window.remaining == 0 and window.reset_at is not None
+            if spent and window.reset_at is not None and window.reset_at > now:
+                smooth = [
+                    lim
+                    for lim in matching
+                    if not (_metered_fixed(lim) and (lim.fixed or window.fixed))
+                ]
+                for lim in smooth:
+                    self.backend.exhaust(group, meter_id(lim), window.reset_at)
+                if not matching:
                     self._set_state(key, KeyState("cooling", window.reset_at))
+
+    def _seed(self, lease: Lease[K], window: Window, limit: Limit) -> float:
+        """What a window learned now has spent already: what the provider counted, and
+        (requests) this process's others in flight that it may not have seen yet."""
+        if limit.fixed and _metered_fixed(limit):
+            return 0.0  # what is left is reconciled from the answer itself
+        if window.remaining == 0 and window.reset_at is not None:
+            return 0.0  # spent: the reset it announces holds the meter (exhaust)
+        counted = float(limit.count - window.remaining) if window.remaining is not None else 0.0
+        if window.reset_at is not None and not window.fixed:
+            # No more than the provider refills by its reset: a sliding window's reset (when
+            # its newest request leaves) says little of how much of it is spent. (A fixed
+            # window's reset is its end: it refills nothing before.)
+            refill = (window.reset_at - self.clock.time()) * limit.count / limit.seconds
+            counted = min(counted, max(0.0, refill))
+        others = self._flying.get(lease.key.group.spec.id, 1) - 1
+        return max(0.0, counted) + (others if limit.unit == "requests" else 0)
 
     # -- what is known, for display and the store --------------------------------------
 
@@ -548,6 +635,35 @@ class Limiter(Generic[K]):
         """The store says ``used`` of ``unit`` were spent on ``group`` in the day starting
         ``day_start``: the meter keeps the larger of that and its own count."""
         self.backend.restore_day(group, day_start, unit, used)
+
+
+def _metered_fixed(limit: Limit) -> bool:
+    """Whether a fixed window of this limit is metered as one (requests, within a day)."""
+    return limit.unit == "requests" and not limit.daily
+
+
+def _unit(window: Window) -> Unit:
+    if window.name == "input_tokens":
+        return "input_tokens"
+    if window.name == "output_tokens":
+        return "output_tokens"
+    return window.unit
+
+
+def _used(held: Cost, feedback: Feedback) -> Cost:
+    """What the request used, as far as the answer says (``held`` where it says nothing)."""
+    total, inputs, outputs = feedback.tokens_used, feedback.input_used, feedback.output_used
+    if total is None and inputs is None and outputs is None:
+        return held
+    if inputs is None and outputs is None:
+        return Cost(held.requests, total or 0)
+    tokens = total if total is not None else (inputs or 0) + (outputs or 0)
+    return Cost(
+        held.requests,
+        tokens,
+        inputs if inputs is not None else held.input_tokens,
+        outputs if outputs is not None else held.output_tokens,
+    )
 
 
 def _same_window(limit: Limit, window: Window) -> bool:

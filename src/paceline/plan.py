@@ -11,7 +11,7 @@ from .limits import Limit
 if TYPE_CHECKING:
     from .keys import KeyPool
 
-__all__ = ["Capacity", "Plan", "capacity", "capacity_of", "make_plan"]
+__all__ = ["Capacity", "Plan", "capacity", "capacity_of", "make_plan", "pace"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,32 @@ class Capacity:
     per_minute: float
     per_day: float
     groups: int
+
+
+def pace(pool: KeyPool, now: float) -> float:
+    """Requests per minute the keys allow *now* (``inf``: nothing known bounds them).
+
+    Smooth windows give their rate; a fixed window with something left gives no bound (it
+    is spent as fast as the job can), a spent one nothing until its reset; daily quotas
+    spent give nothing. For sizing the workers, not for planning a long run
+    (:func:`capacity` averages fixed windows over their length).
+    """
+    total = 0.0
+    for key, _ in pool.groups():
+        if key.state == "disabled":
+            continue
+        view = pool.limiter.view(key.group_id, now)
+        if any(day.exhausted and day.resets_at > now for day in view.today):
+            continue
+        if any(w.spent and w.resets_at > now for w in view.windows):
+            continue
+        rates = [
+            lim.per_minute()
+            for lim in view.limits
+            if lim.unit == "requests" and not lim.daily and not lim.fixed
+        ]
+        total += min(rates, default=math.inf)
+    return total
 
 
 def _group_capacity(limits: list[Limit]) -> tuple[float, float]:
@@ -89,6 +115,8 @@ def make_plan(
     today_left = max(0.0, cap.per_day - today_spent)
     if math.isinf(cap.per_minute) and math.isinf(cap.per_day):
         return Plan(pending, requests_per_item, cap, today_left, math.inf, math.inf, None)
+    if cap.per_minute <= 0 and cap.per_day <= 0:  # no keys (or none usable): no basis
+        return Plan(pending, requests_per_item, cap, today_left, 0.0, 0.0, None)
     need = pending * rpi
     per_second = (cap.per_minute if not math.isinf(cap.per_minute) else cap.per_day / 1440) / 60
     if need <= today_left or math.isinf(cap.per_day):

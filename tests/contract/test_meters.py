@@ -26,7 +26,7 @@ from paceline.meters import (
     Reservation,
     open_meter_backend,
 )
-from paceline.meters.protocol import RECOVERY
+from paceline.meters.protocol import CAP_RECOVERY, RECOVERY
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 MIDNIGHT = dt.datetime(2023, 11, 15, tzinfo=dt.UTC).timestamp()
@@ -62,6 +62,19 @@ class Meters:
         answer = await self.backend.reserve("g1", KEY, cost or Cost(), horizon=horizon, now=now)
         assert answer.reservation is not None, answer
         return answer.reservation
+
+    async def burst(self, now: float = T0, most: int = 500) -> list[Reservation]:
+        """Every request that may go at ``now`` (kept in flight), until one may not."""
+        taken = []
+        for _ in range(most):
+            answer = await self.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=now)
+            if answer.reservation is None or answer.reservation.at > now:
+                if answer.reservation is not None:
+                    self.backend.refund(answer.reservation, Cost())
+                    self.backend.release(answer.reservation)
+                break
+            taken.append(answer.reservation)
+        return taken
 
 
 @pytest.fixture(params=["local", "redis"])
@@ -145,7 +158,7 @@ async def test_a_refund_gives_the_slot_back(meters: Meters) -> None:
     await meters.reserve()
     second = await meters.reserve()
     assert second.at == pytest.approx(T0 + 1)
-    meters.backend.refund(second, 0)
+    meters.backend.refund(second, Cost())
     assert (await meters.reserve()).at == pytest.approx(T0 + 1)
 
 
@@ -174,14 +187,14 @@ async def test_a_token_window_is_never_overrun(meters: Meters) -> None:
 async def test_settling_fewer_tokens_lets_the_next_request_go_earlier(meters: Meters) -> None:
     meters.group("1000 tokens/minute")
     first = await meters.reserve(Cost(tokens=800))
-    meters.backend.settle(first, 800, 100)  # the answer said 100 were used
+    meters.backend.settle(first, Cost(tokens=800), Cost(tokens=100))  # the answer said 100
     assert (await meters.reserve(Cost(tokens=800))).at == T0
 
 
 async def test_settling_more_tokens_pushes_the_next_request_back(meters: Meters) -> None:
     meters.group("1000 tokens/minute")
     first = await meters.reserve(Cost(tokens=100))
-    meters.backend.settle(first, 100, 900)
+    meters.backend.settle(first, Cost(tokens=100), Cost(tokens=900))
     later = await meters.reserve(Cost(tokens=200))
     assert later.at >= T0 + 60  # 900 + 200 do not fit one window
     assert later.at <= T0 + 61  # and no later than the window allows (buckets: ≤ 1 %)
@@ -414,3 +427,195 @@ async def test_meters_lost_with_redis_start_again_conservatively(
     await peer.refresh()
     assert [lim.describe() for lim in peer.view("g1", T0 + 1).limits] == ["300/minute"]
     assert peer.key_state("fp-key-2").state == "disabled"
+
+
+# -- fixed windows -------------------------------------------------------------------------
+
+
+async def test_a_fixed_window_spends_what_is_left_at_once_then_waits_for_its_reset(
+    meters: Meters,
+) -> None:
+    meters.group("5000/hour fixed")
+    first = await meters.reserve()
+    # GitHub answers: 5 left (this request counted), the window resets in 20 s.
+    meters.backend.reconcile(first, "r3600", 5, T0 + 20, 1.0)
+    meters.backend.release(first)
+    burst = await meters.burst()
+    assert len(burst) == 5  # what is left, at once
+    answer = await meters.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)
+    assert answer.refusal is Refusal.LATER  # nothing is reserved for the next window
+    assert answer.at == pytest.approx(T0 + 0.1)  # but in flight: they may say more is left
+    for left, reservation in enumerate(reversed(burst)):
+        meters.backend.reconcile(reservation, "r3600", left, T0 + 20, 1.0)
+    answer = await meters.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)
+    assert answer.refusal is Refusal.LATER
+    assert answer.at == pytest.approx(T0 + 21, abs=0.01)  # the reset, and its precision
+    (window,) = meters.backend.view("g1", T0).windows
+    assert (window.left, window.resets_at) == (0, pytest.approx(T0 + 21, abs=0.01))
+    assert window.spent
+    # At the reset, the whole window, less the five still in flight from the old one.
+    assert len(await meters.burst(now=T0 + 21, most=6000)) == 4995
+
+
+async def test_requests_in_flight_count_against_what_an_answer_says_is_left(
+    meters: Meters,
+) -> None:
+    meters.group("100/hour fixed")
+    r1, r2, r3 = [await meters.reserve() for _ in range(3)]
+    # r2's answer: 10 left. r1 and r3 are still in flight: either may have reached the
+    # provider after r2, so both count against the 10.
+    meters.backend.reconcile(r2, "r3600", 10, T0 + 600, 1.0)
+    meters.backend.release(r2)
+    taken = await meters.burst()
+    assert len(taken) == 8
+    # r1 was admitted before r2 (12 left then): nothing new. r3 after it (9): one less.
+    for r, left in ((r1, 12), (r3, 9)):
+        meters.backend.reconcile(r, "r3600", left, T0 + 600, 1.0)
+        meters.backend.release(r)
+    assert len(await meters.burst()) == 1
+    # Answers that say nothing of the window (a transport error): counted, to be safe.
+    for reservation in taken:
+        meters.backend.reconcile(reservation, "r3600", None, None)
+        meters.backend.release(reservation)
+    assert len(await meters.burst()) == 0
+
+
+async def test_the_answer_that_says_least_is_heeded_whatever_order_they_come_in(
+    meters: Meters,
+) -> None:
+    meters.group("100/hour fixed")
+    r1, r2, r3, r4 = [await meters.reserve() for _ in range(4)]
+    # r4 reached the provider before r3 (another connection): r4 says 6 left, r3 says 5.
+    # Answered r4 first, the meter must not trust r4's 6 for what r3 took: r3 is still
+    # in flight, so it is subtracted.
+    for r, left in ((r1, 8), (r2, 7), (r4, 6)):
+        meters.backend.reconcile(r, "r3600", left, T0 + 600, 1.0)
+        meters.backend.release(r)
+    await meters.backend.refresh()  # (Redis: what this process reads back)
+    assert meters.backend.view("g1", T0).windows[0].left == 5
+    meters.backend.reconcile(r3, "r3600", 5, T0 + 600, 1.0)
+    meters.backend.release(r3)
+    await meters.backend.refresh()
+    assert meters.backend.view("g1", T0).windows[0].left == 5  # exactly what is left
+    # A request of another client: fewer left than our own count says. Heeded.
+    r5 = await meters.reserve()
+    meters.backend.reconcile(r5, "r3600", 1, T0 + 600, 1.0)
+    meters.backend.release(r5)
+    assert len(await meters.burst()) == 1
+
+
+async def test_an_answer_from_the_window_before_is_ignored(meters: Meters) -> None:
+    meters.group("100/minute fixed")
+    old = await meters.reserve()
+    meters.backend.reconcile(old, "r60", 0, T0 + 10, 0.0)  # spent until T0 + 10
+    later = await meters.reserve(now=T0 + 10.5)  # a new window
+    meters.backend.reconcile(later, "r60", 98, T0 + 70, 0.0)
+    meters.backend.release(later)
+    meters.backend.reconcile(old, "r60", 0, T0 + 10, 0.0)  # late and about the old one
+    meters.backend.release(old)
+    assert len(await meters.burst(now=T0 + 11)) == 98
+
+
+async def test_a_fixed_window_nobody_announced_runs_from_its_first_request(
+    meters: Meters,
+) -> None:
+    meters.group("3/minute fixed")
+    for reservation in await meters.burst():  # answered without a word about the window
+        meters.backend.reconcile(reservation, "r60", None, None)
+        meters.backend.release(reservation)
+    answer = await meters.backend.reserve("g1", KEY, Cost(), horizon=FAR, now=T0 + 30)
+    assert answer.refusal is Refusal.LATER
+    assert answer.at == pytest.approx(T0 + 60, abs=0.01)
+
+
+async def test_a_window_configured_without_saying_becomes_fixed_when_the_provider_says_so(
+    meters: Meters,
+) -> None:
+    meters.group("100/hour")
+    meters.backend.learn("g1", Limit(100, 3600.0, fixed=True))
+    (limit,) = meters.backend.view("g1", T0).limits
+    assert (limit.count, limit.fixed) == (100, True)
+    first = await meters.reserve()
+    meters.backend.reconcile(first, "r3600", 2, T0 + 300, 1.0)
+    meters.backend.release(first)
+    assert len(await meters.burst()) == 2
+
+
+async def test_every_worker_sees_what_is_left_of_a_fixed_window(meters: Meters) -> None:
+    meters.group("100/hour fixed")
+    first = await meters.reserve()
+    meters.backend.reconcile(first, "r3600", 1, T0 + 300, 1.0)
+    meters.backend.release(first)
+    peer = meters.other()
+    await meters.backend.refresh()
+    await peer.refresh()
+    (window,) = peer.view("g1", T0).windows
+    assert (window.left, window.resets_at) == (1, pytest.approx(T0 + 301, abs=0.01))
+    assert (await peer.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)).reservation
+    refused = await peer.reserve("g1", KEY, Cost(), horizon=FAR, now=T0)
+    assert refused.refusal is Refusal.LATER
+
+
+# -- learned windows, tokens in and out ----------------------------------------------------
+
+
+async def test_a_window_learned_mid_run_starts_with_what_was_spent(meters: Meters) -> None:
+    meters.group()
+    meters.backend.learn("g1", Limit(600, 60.0), used=70)  # a burst of 7 before it was known
+    interval = 60.0 / (600 - default_burst(Limit(600, 60.0)) + 1)
+    first = await meters.reserve()
+    assert first.at == pytest.approx(T0 + (70 - 7 + 1) * interval, abs=1e-3)
+
+
+async def test_input_and_output_tokens_are_metered_apart(meters: Meters) -> None:
+    meters.group("1000 input tokens/minute", "100 output tokens/minute")
+    long_prompt = Cost(input_tokens=800, output_tokens=10)
+    first = await meters.reserve(long_prompt)
+    assert (await meters.reserve(Cost(input_tokens=150, output_tokens=10))).at == T0
+    # Output has room for eight more; input has none: the next waits for input tokens.
+    later = await meters.backend.reserve(
+        "g1", KEY, Cost(input_tokens=100, output_tokens=10), horizon=1.0, now=T0
+    )
+    assert later.refusal is Refusal.LATER
+    assert later.at >= T0 + 60
+    # The answer said the first used 100 input tokens: room again, at once.
+    meters.backend.settle(first, long_prompt, Cost(tokens=105, input_tokens=100, output_tokens=5))
+    assert (await meters.reserve(Cost(input_tokens=500, output_tokens=10))).at == T0
+
+
+# -- concurrency learned -------------------------------------------------------------------
+
+
+async def test_a_concurrency_limit_answered_caps_requests_in_flight_then_recovers(
+    meters: Meters,
+) -> None:
+    meters.group()
+    backend = meters.backend
+    backend.throttle("g1", 11, now=T0)  # 11 were in flight when the provider said no
+    (limit,) = backend.view("g1", T0).limits
+    assert limit.describe() == "7 concurrent"  # cut below the 10 that went through
+    taken = await meters.burst()
+    assert len(taken) == 7
+    backend.release(taken[0])
+    assert len(await meters.burst()) == 1
+    backend.throttle("g1", 12, now=T0 + 0.5)  # the same burst answered again: no new cut
+    assert backend.view("g1", T0 + 0.5).limits[0].count == 7
+    backend.recover("g1", now=T0 + CAP_RECOVERY)  # back to just below what tripped it
+    await backend.refresh()
+    assert backend.view("g1", T0 + CAP_RECOVERY).limits[0].count == 10
+    backend.recover("g1", now=T0 + RECOVERY + 1)  # and forgotten after a while
+    await backend.refresh()
+    assert backend.view("g1", T0 + RECOVERY + 1).limits == ()
+
+
+async def test_tripping_a_learned_concurrency_level_again_lowers_it(meters: Meters) -> None:
+    meters.group("20 concurrent")
+    backend = meters.backend
+    backend.throttle("g1", 13, now=T0)
+    backend.recover("g1", now=T0 + CAP_RECOVERY)
+    await backend.refresh()
+    assert backend.view("g1", T0 + CAP_RECOVERY).limits[0].count == 12
+    backend.throttle("g1", 13, now=T0 + CAP_RECOVERY + 1)  # 12 were still too many
+    backend.recover("g1", now=T0 + 2 * CAP_RECOVERY + 2)
+    await backend.refresh()
+    assert backend.view("g1", T0 + 2 * CAP_RECOVERY + 2).limits[0].count == 11

@@ -126,3 +126,27 @@ def test_plan_answers_how_long_and_how_much(tmp_path: Path) -> None:
     assert "4,800/day at full speed" in plan.stdout
     assert "pending:            9,600 items" in plan.stdout
     assert "finish:             in about" in plan.stdout
+
+
+def test_read_only_commands_work_where_the_keys_are_not(
+    tmp_path: Path, sim_server: SimFactory
+) -> None:
+    sim = sim_server(latency="0.01", keys={GOOD[0]: KeyLimits(rpm=600)})
+    job = gemini_job(tmp_path, items=5)
+    env = {"SIM_URL": sim.url, **key_env(GOOD[:1])}
+    assert run_cli("run", job, cwd=tmp_path, env=env).returncode == 0
+    # Another machine: the job file loads, its state reads, the keys it used show.
+    elsewhere = {"SIM_URL": sim.url}
+    status = run_cli("status", job, "--json", cwd=tmp_path, env=elsewhere)
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert data["done"] == 5
+    assert [k["key"] for k in data["keys"]] == ["…0001"]
+    for command in ("keys", "plan", "failures", "export"):
+        result = run_cli(command, job, cwd=tmp_path, env=elsewhere)
+        assert result.returncode == 0, (command, result.stderr)
+    # A run needs them: one line saying what to set, exit 2.
+    run = run_cli("run", job, cwd=tmp_path, env=elsewhere)
+    assert run.returncode == 2
+    assert "no keys found: set GEM_KEY_1" in run.stderr
+    assert "Traceback" not in run.stderr

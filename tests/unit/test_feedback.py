@@ -88,10 +88,16 @@ def test_openai_success_announces_per_minute_windows_and_usage() -> None:
         Verdict.OK,
         None,
         windows=(
-            Window("requests", 5000, 4999, pytest.approx(NOW + 0.012), 60.0, "requests"),
-            Window("tokens", 160000, 159976, pytest.approx(NOW + 0.009), 60.0, "tokens"),
+            Window(
+                "requests", 5000, 4999, pytest.approx(NOW + 0.012), 60.0, "requests", False, 0.001
+            ),
+            Window(
+                "tokens", 160000, 159976, pytest.approx(NOW + 0.009), 60.0, "tokens", False, 0.001
+            ),
         ),
         tokens_used=24,
+        input_used=10,
+        output_used=14,
     )
 
 
@@ -117,11 +123,27 @@ def test_openai_resets_are_go_durations(duration: str, seconds: float) -> None:
 @pytest.mark.parametrize("duration", ["soon", "1x", "-1s", "s", "1m-3s"])
 def test_unreadable_go_duration_leaves_no_reset(duration: str) -> None:
     fb = read(200, {"x-ratelimit-reset-requests": duration, "x-ratelimit-limit-requests": "60"})
-    assert fb.windows == (Window("requests", 60, None, None, 60.0, "requests"),)
+    assert fb.windows == (Window("requests", 60, None, None, 60.0, "requests", False),)
 
 
 def test_openai_daily_limit_shows_itself_by_its_reset() -> None:
-    # OpenAI's documented example: a 6m0s token reset cannot belong to a per-minute window.
+    # A bucket of 10,000 a day is full again 8.64 s after one request; one of 10,000 a
+    # minute after 6 ms. The window is read from the reset, not assumed per minute.
+    rpd = {
+        "x-ratelimit-limit-requests": "10000",
+        "x-ratelimit-remaining-requests": "9999",
+        "x-ratelimit-reset-requests": "8.64s",
+        "x-ratelimit-limit-tokens": "2000000",
+        "x-ratelimit-remaining-tokens": "1999000",
+        "x-ratelimit-reset-tokens": "43.2s",
+    }
+    requests, tokens = read(200, rpd).windows
+    assert (requests.period, tokens.period) == (86_400.0, 86_400.0)
+    rpm = {**rpd, "x-ratelimit-reset-requests": "6ms", "x-ratelimit-reset-tokens": "30ms"}
+    requests, tokens = read(200, rpm).windows
+    assert (requests.period, tokens.period) == (60.0, 60.0)
+    # OpenAI's documented example: a 6m0s reset for 16 tokens fits no bucket; it is the end
+    # of a window at least that long.
     headers = {
         "x-ratelimit-limit-requests": "60",
         "x-ratelimit-limit-tokens": "150000",
@@ -131,14 +153,38 @@ def test_openai_daily_limit_shows_itself_by_its_reset() -> None:
         "x-ratelimit-reset-tokens": "6m0s",
     }
     requests, tokens = read(200, headers).windows
-    assert (requests.period, tokens.period) == (60.0, 86_400.0)
-    # A reset within the minute is a per-minute window, whatever the refill it implies.
+    assert (requests.period, tokens.period) == (60.0, 3_600.0)
+    # A reset within the minute that no bucket explains is a per-minute window.
     rpm = {
         "x-ratelimit-limit-requests": "5000",
         "x-ratelimit-remaining-requests": "4999",
         "x-ratelimit-reset-requests": "45s",
     }
     assert read(200, rpm).windows[0].period == 60.0
+
+
+@pytest.mark.parametrize("used", [1, 5, 40, 300, 599])
+def test_a_sliding_window_whose_reset_is_its_newest_request_leaving_is_per_minute(
+    used: int,
+) -> None:
+    # A provider metering a sliding log says it is full again when its newest request
+    # leaves: about a minute ahead, however much is used.
+    headers = {
+        "x-ratelimit-limit-requests": "600",
+        "x-ratelimit-remaining-requests": str(600 - used),
+        "x-ratelimit-reset-requests": "59.98s",
+    }
+    assert read(200, headers).windows[0].period == 60.0
+
+
+def test_a_reset_that_fits_two_readings_leaves_the_window_unknown() -> None:
+    # 10 of 600 used, full in 60 s: a sliding minute, or a bucket of 600 an hour.
+    headers = {
+        "x-ratelimit-limit-requests": "600",
+        "x-ratelimit-remaining-requests": "590",
+        "x-ratelimit-reset-requests": "60s",
+    }
+    assert read(200, headers).windows[0].period is None
 
 
 def openai_429(kind: str, message: str) -> dict[str, Any]:
@@ -240,7 +286,7 @@ ANTHROPIC_OK = {
     "anthropic-ratelimit-tokens-remaining": "47000",
     "anthropic-ratelimit-tokens-reset": "2024-06-20T14:30:02Z",
     "anthropic-ratelimit-input-tokens-limit": "40000",
-    "anthropic-ratelimit-input-tokens-remaining": "39500",
+    "anthropic-ratelimit-input-tokens-remaining": "39000",
     "anthropic-ratelimit-input-tokens-reset": "2024-06-20T14:30:01.500Z",
     "anthropic-ratelimit-output-tokens-limit": "8000",
     "anthropic-ratelimit-output-tokens-remaining": "7500",
@@ -260,12 +306,14 @@ def test_anthropic_success_announces_four_windows_and_usage_with_cache() -> None
         Verdict.OK,
         None,
         windows=(
-            Window("requests", 50, 49, NOW + 1, 60.0, "requests"),
-            Window("tokens", 48000, 47000, NOW + 2, 60.0, "tokens"),
-            Window("tokens", 40000, 39500, NOW + 1.5, 60.0, "input_tokens"),
-            Window("tokens", 8000, 7500, NOW + 5, 60.0, "output_tokens"),
+            Window("requests", 50, 49, NOW + 1, 60.0, "requests", False, 1.0),
+            Window("tokens", 48000, 47000, NOW + 2, 60.0, "tokens", False, 1.0),
+            Window("tokens", 40000, 39000, NOW + 1.5, 60.0, "input_tokens", False, 0.001),
+            Window("tokens", 8000, 7500, NOW + 5, 60.0, "output_tokens", False, 1.0),
         ),
         tokens_used=4698,
+        input_used=2195,  # cache writes count as input; cache reads do not
+        output_used=503,
     )
 
 
@@ -305,7 +353,7 @@ def test_anthropic_429_rests_the_key_for_retry_after_and_names_the_spent_window(
     assert read(429, headers, ANTHROPIC_429) == Feedback(
         Verdict.RATE_LIMITED,
         NOW + 17,
-        windows=(Window("tokens", 40000, 0, NOW + 60, 60.0, "input_tokens"),),
+        windows=(Window("tokens", 40000, 0, NOW + 60, 60.0, "input_tokens", False, 1.0),),
         scope="minute",
         reason="429 rate limit (input tokens per minute)",
     )
@@ -372,7 +420,9 @@ def github_headers(remaining: str, resource: str = "core", limit: str = "5000") 
 
 def test_github_success_announces_the_hourly_core_window() -> None:
     assert read(200, github_headers("4987")) == Feedback(
-        Verdict.OK, None, windows=(Window("requests", 5000, 4987, 1_718_896_200.0, 3600.0, "core"),)
+        Verdict.OK,
+        None,
+        windows=(Window("requests", 5000, 4987, 1_718_896_200.0, 3600.0, "core", True, 1.0),),
     )
 
 
@@ -385,7 +435,7 @@ def test_github_primary_limit_spent_parks_the_key_until_the_reset(status: int) -
     assert read(status, github_headers("0"), body) == Feedback(
         Verdict.QUOTA_EXHAUSTED,
         1_718_896_200.0,
-        windows=(Window("requests", 5000, 0, 1_718_896_200.0, 3600.0, "core"),),
+        windows=(Window("requests", 5000, 0, 1_718_896_200.0, 3600.0, "core", True, 1.0),),
         scope="hour",
         reason="GitHub primary rate limit exhausted (core)",
     )
@@ -627,8 +677,8 @@ def test_ietf_structured_fields_give_one_window_per_policy() -> None:
         "RateLimit": '"burst";r=50;t=30, "daily";r=0;t=3600',
     }
     assert read(200, headers).windows == (
-        Window("requests", 100, 50, NOW + 30, 60.0, "burst"),
-        Window("requests", 1000, 0, NOW + 3600, 86_400.0, "daily"),
+        Window("requests", 100, 50, NOW + 30, 60.0, "burst", True, 1.0),
+        Window("requests", 1000, 0, NOW + 3600, 86_400.0, "daily", True, 1.0),
     )
 
 
@@ -643,8 +693,8 @@ def test_ietf_policy_names_may_be_tokens_and_fields_may_be_split() -> None:
     )
     fb = read_feedback(429, headers, None, NOW)
     assert fb.windows == (
-        Window("requests", 10, 0, NOW + 1, 1.0, "burst"),
-        Window("requests", 500, 480, NOW + 1200, 3600.0, "hour"),
+        Window("requests", 10, 0, NOW + 1, 1.0, "burst", True, 1.0),
+        Window("requests", 500, 480, NOW + 1200, 3600.0, "hour", True, 1.0),
     )
     assert (fb.verdict, fb.retry_at, fb.scope) == (Verdict.RATE_LIMITED, NOW + 1, None)
 
@@ -654,7 +704,7 @@ def test_ietf_spent_daily_policy_on_429_is_a_spent_quota() -> None:
     assert read(429, headers) == Feedback(
         Verdict.QUOTA_EXHAUSTED,
         NOW + 3600,
-        windows=(Window("requests", 1000, 0, NOW + 3600, 86_400.0, "daily"),),
+        windows=(Window("requests", 1000, 0, NOW + 3600, 86_400.0, "daily", True, 1.0),),
         scope="day",
         reason="daily quota exhausted (requests per day)",
     )
@@ -667,17 +717,27 @@ def test_ietf_older_form() -> None:
         "RateLimit-Reset": "30",
         "RateLimit-Policy": "10;w=1, 100;w=60",
     }
-    assert read(200, headers).windows == (Window("requests", 100, 50, NOW + 30, 60.0),)
+    assert read(200, headers).windows == (
+        Window("requests", 100, 50, NOW + 30, 60.0, None, True, 1.0),
+    )
 
 
 @pytest.mark.parametrize(
-    ("reset", "expected"),
-    [("30", NOW + 30), ("1718896200", 1_718_896_200.0), ("1718896200000", 1_718_896_200.0)],
+    ("reset", "expected", "period"),
+    [
+        ("30", NOW + 30, 60.0),
+        ("1718896200", 1_718_896_200.0, 3600.0),
+        ("1718896200000", 1_718_896_200.0, 3600.0),
+    ],
 )
-def test_x_ratelimit_reset_is_seconds_or_an_epoch(reset: str, expected: float) -> None:
+def test_x_ratelimit_reset_is_seconds_or_an_epoch(
+    reset: str, expected: float, period: float
+) -> None:
+    # A fixed window: what is left, and when it resets; it is at least that long.
     headers = {"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}
     fb = read(200, headers)
-    assert fb == Feedback(Verdict.OK, None, windows=(Window("requests", 60, 0, expected, None),))
+    window = Window("requests", 60, 0, expected, period, None, True, 1.0)
+    assert fb == Feedback(Verdict.OK, None, windows=(window,))
 
 
 # -- any provider ---------------------------------------------------------------------------
@@ -711,11 +771,10 @@ def test_spent_window_on_a_success_is_information_not_a_verdict() -> None:
     headers = {
         "x-ratelimit-limit-requests": "60",
         "x-ratelimit-remaining-requests": "0",
-        "x-ratelimit-reset-requests": "1s",
+        "x-ratelimit-reset-requests": "1m0s",
     }
-    assert read(200, headers) == Feedback(
-        Verdict.OK, None, windows=(Window("requests", 60, 0, NOW + 1, 60.0, "requests"),)
-    )
+    window = Window("requests", 60, 0, NOW + 60, 60.0, "requests", False, 1.0)
+    assert read(200, headers) == Feedback(Verdict.OK, None, windows=(window,))
 
 
 def test_header_names_are_read_case_insensitively_from_any_mapping() -> None:
@@ -727,7 +786,7 @@ def test_header_names_are_read_case_insensitively_from_any_mapping() -> None:
     from_dict = read_feedback(429, mixed, None, NOW)
     assert from_dict == read_feedback(429, httpx.Headers(mixed), None, NOW)
     assert from_dict.retry_at == NOW + 3
-    assert from_dict.windows == (Window("requests", 60, 59, None, 60.0, "requests"),)
+    assert from_dict.windows == (Window("requests", 60, 59, None, 60.0, "requests", False),)
 
 
 def test_a_json_body_given_as_text_is_parsed() -> None:
@@ -961,7 +1020,7 @@ def test_x_ratelimit_reset_of_microseconds_is_not_read_as_seconds() -> None:
 def test_a_window_that_is_not_a_positive_length_is_dropped(headers: dict[str, str]) -> None:
     # Regression: a window of w=-60 became a limit the limiter refused, failing the item.
     fb = read(429, headers)
-    assert fb.windows == (Window("requests", 100, 0, NOW + 5, None, "burst"),)
+    assert fb.windows == (Window("requests", 100, 0, NOW + 5, None, "burst", True, 1.0),)
     assert fb.retry_at == NOW + 5
     assert fb.ignored is not None
     assert fb.ignored.startswith("ignored RateLimit-Policy w")
@@ -974,7 +1033,7 @@ def test_a_legacy_policy_with_a_negative_window_is_dropped() -> None:
         "RateLimit-Policy": "100;w=-60",
     }
     fb = read(200, headers)
-    assert fb.windows == (Window("requests", 100, 5, None, None),)
+    assert fb.windows == (Window("requests", 100, 5, None, None, None, True),)
     assert fb.ignored == "ignored RateLimit-Policy w of -60 s: not positive"
 
 
@@ -989,14 +1048,14 @@ def test_a_legacy_policy_with_a_negative_window_is_dropped() -> None:
 def test_absurd_ietf_reset_is_ignored(t: str, why: str) -> None:
     headers = {"RateLimit-Policy": '"daily";q=1000;w=86400', "RateLimit": f'"daily";r=0;t={t}'}
     fb = read(429, headers)
-    assert fb.windows == (Window("requests", 1000, 0, None, 86_400.0, "daily"),)
+    assert fb.windows == (Window("requests", 1000, 0, None, 86_400.0, "daily", True),)
     assert (fb.verdict, fb.retry_at, fb.ignored) == (Verdict.RATE_LIMITED, None, why)
 
 
 @pytest.mark.parametrize("duration", ["99999999999h", "9" * 400 + "s", "25h", "-5", "nan", "1e309"])
 def test_absurd_go_duration_resets_are_ignored(duration: str) -> None:
     fb = read(200, {"x-ratelimit-reset-tokens": duration, "x-ratelimit-limit-tokens": "1000"})
-    assert fb.windows == (Window("tokens", 1000, None, None, 60.0, "tokens"),)
+    assert fb.windows == (Window("tokens", 1000, None, None, 60.0, "tokens", False),)
     assert fb.ignored is not None
     assert fb.ignored.startswith("ignored x-ratelimit-reset-tokens")
 
@@ -1055,4 +1114,6 @@ def test_only_the_first_ignored_wait_is_noted() -> None:
 
 def test_counts_no_quota_could_have_are_junk() -> None:
     headers = {"x-ratelimit-limit-requests": "1e300", "x-ratelimit-remaining-requests": "5"}
-    assert read(200, headers).windows == (Window("requests", None, 5, None, 60.0, "requests"),)
+    assert read(200, headers).windows == (
+        Window("requests", None, 5, None, 60.0, "requests", False),
+    )

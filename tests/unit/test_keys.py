@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from paceline.clock import FakeClock
 from paceline.errors import ConfigError
 from paceline.feedback import Feedback, Verdict
-from paceline.keys import Cost, Key, KeyPool, NoUsableKey
+from paceline.keys import Cost, Key, KeyPool, NoUsableKey, describe_state, shown_until
 from paceline.limiter import Lease
 
 LONG = "sk-live-0123456789abcdef"
@@ -61,12 +62,25 @@ def test_a_missing_env_file_is_not_an_error(tmp_path: Path) -> None:
     assert secrets(pool) == ["k1"]
 
 
-def test_no_keys_is_a_config_error_naming_the_variables_to_set() -> None:
-    with pytest.raises(ConfigError) as info:
-        KeyPool.from_env("OPENAI_KEY", env_file=None, environ={"OPENAI_KEY_1": "  "})
-    message = str(info.value)
-    assert "OPENAI_KEY_1" in message
-    assert "OPENAI_KEY=" in message
+async def test_no_keys_is_a_config_error_when_a_run_needs_them_naming_the_variables() -> None:
+    # Loading a job file where its keys are not set (status, export on another machine)
+    # works; a run binding the pool, or a request, says what to set.
+    pool = KeyPool.from_env("OPENAI_KEY", env_file=None, environ={"OPENAI_KEY_1": "  "})
+    assert pool.keys == []
+    assert pool.describe(0.0) == []
+    assert not pool.limited
+    assert pool.redact("text") == "text"
+    for needs_keys in (
+        lambda: pool.bind(FakeClock(), lambda message: None),
+        pool.require_keys,
+    ):
+        with pytest.raises(ConfigError) as info:
+            needs_keys()
+        message = str(info.value)
+        assert message.startswith("no keys found: set OPENAI_KEY_1")
+        assert "OPENAI_KEY=" in message
+    with pytest.raises(ConfigError, match="no keys found"):
+        await pool.acquire()
 
 
 def test_an_empty_key_list_is_a_config_error() -> None:
@@ -276,8 +290,9 @@ def test_shorthands_and_general_limits_add_up() -> None:
         "1500/day",
         "8 concurrent",
     ]
+    # A pool without limits set still bounds the run: its limits are learned.
     assert pool.limited
-    assert not KeyPool(["ka"]).limited
+    assert KeyPool(["ka"]).limited
 
 
 @pytest.mark.parametrize(
@@ -358,3 +373,36 @@ def test_the_limiter_and_the_meters_do_not_import_keys() -> None:
             else:
                 continue
             assert not any(name.split(".")[-1] == "keys" for name in names), (path, names)
+
+
+# -- states shown --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "until",
+    [math.inf, -math.inf, math.nan, 253_402_300_800.0, 1e300, 9.9e15, None],
+)
+def test_a_state_until_no_time_shown_is_for_this_run_and_never_raises(
+    until: float | None,
+) -> None:
+    assert describe_state("parked", until, 1_700_000_000.0) == "parked for this run"
+    assert shown_until(until) is None
+
+
+async def test_key_rows_show_until_as_a_finite_time_or_none() -> None:
+    clock = FakeClock()
+    pool = KeyPool(["ka-0123456789abcdef", "kb-0123456789abcdef"], clock=clock)
+    pool.settle(await pool.acquire(), Feedback(Verdict.QUOTA_EXHAUSTED, None))
+    pool.settle(await pool.acquire(), rate_limited(clock.time() + 30))
+    parked, cooling = pool.describe(clock.time())
+    assert (parked["state"], parked["until"]) == ("parked for this run", None)
+    assert cooling["until"] == clock.time() + 30
+
+
+def test_a_pool_without_keys_added_to_one_with_keys_has_keys() -> None:
+    empty = KeyPool.from_env("NONE_KEY", env_file=None, environ={})
+    merged = empty + KeyPool(["ka-0123456789abcdef"])
+    merged.require_keys()
+    assert [k.masked for k in merged.keys] == ["…cdef"]
+    with pytest.raises(ConfigError, match="NONE_KEY_1"):
+        (empty + KeyPool.from_env("OTHER_KEY", env_file=None, environ={})).require_keys()

@@ -560,7 +560,7 @@ async def test_a_limit_announced_but_not_configured_is_learned(
     pool = KeyPool(names(1), clock=clock)
     events = bound(pool, clock)
     key = pool.keys[0]
-    assert not pool.limited
+    assert pool.describe(clock.time())[0]["limits"] == []
     lease = await pool.acquire()
     announced = window(limit=100, remaining=99, period=60.0)
     pool.settle(lease, ok(windows=(announced,)))
@@ -568,7 +568,6 @@ async def test_a_limit_announced_but_not_configured_is_learned(
     assert [m.limit.describe() for m in key.group.gcra] == ["100/minute"]
     assert key.group.learned == [key.group.gcra[0].limit]
     assert events == [f"key {key.masked}: learned limit 100/minute"]
-    assert pool.limited
     assert pool.describe(clock.time())[0]["limits"] == ["100/minute"]
     run = runs(pool)
     run.saturate(workers=4)
@@ -861,3 +860,86 @@ async def test_a_pool_bound_to_a_local_backend_keeps_its_keys_meters(clock: Fake
     assert pool.limiter.backend is backend
     assert pool.keys[0].group.gcra[0].tat == pytest.approx(T0 + 1)  # the key's own meter
     await pool.limiter.aclose()
+
+
+# -- what answers say that is not a limit --------------------------------------------------
+
+
+async def test_an_absurd_wait_ignored_is_told_once_per_key(clock: FakeClock) -> None:
+    pool = KeyPool(names(2), clock=clock)
+    events = bound(pool, clock)
+    ignored = "ignored Retry-After of 300000000000 s: more than a day"
+    for _ in range(3):
+        lease = await pool.acquire()
+        pool.settle(lease, Feedback(Verdict.RATE_LIMITED, None, ignored=ignored))
+        pool.release(lease)
+        clock.advance(60)
+    told = [e for e in events if ignored in e]
+    assert told == [f"key {k.masked}: {ignored}" for k in pool.keys]
+
+
+async def test_a_concurrency_limit_answered_caps_the_keys_requests_in_flight(
+    clock: FakeClock, runs: Callable[[KeyPool], Run]
+) -> None:
+    pool = KeyPool(names(1), clock=clock)
+    bound(pool, clock)
+    held = [await pool.acquire() for _ in range(12)]
+    secondary = Feedback(
+        Verdict.RATE_LIMITED, T0 + 5, scope="secondary", reason="GitHub secondary rate limit"
+    )
+    pool.settle(held[-1], secondary)  # the twelfth in flight was one too many
+    for lease in held:
+        pool.release(lease)
+    (cap,) = pool.limiter.view(pool.keys[0].fingerprint).limits
+    assert cap.describe() == "8 concurrent"  # below the 11 that went through
+    run = runs(pool)
+    for _ in range(12):
+        run.acquire(hold=True)
+    await run_until(clock, T0 + 10)
+    assert run.times() == [T0 + 5] * 8  # after the cooling, and no more than the cap
+
+
+async def test_a_fixed_window_learned_from_the_answers_is_spent_then_waits_for_its_reset(
+    clock: FakeClock, runs: Callable[[KeyPool], Run]
+) -> None:
+    pool = KeyPool(names(1), clock=clock)
+    events = bound(pool, clock)
+    lease = await pool.acquire()
+    fixed = window(
+        limit=5000, remaining=3, reset_at=T0 + 20, period=3600.0, fixed=True, reset_slack=1.0
+    )
+    pool.settle(lease, ok(windows=(fixed,)))
+    pool.release(lease)
+    assert events == [f"key {pool.keys[0].masked}: learned limit 5000/hour fixed"]
+    run = runs(pool)
+    run.saturate(workers=6)
+    await run_until(clock, T0 + 20.9)
+    assert run.times() == [T0] * 3  # what was left, at once; then nothing before the reset
+    (row,) = pool.describe(clock.time())
+    assert row["state"].startswith("parked until")
+    assert row["reason"] == "5000/hour fixed spent until its reset"
+    await run_until(clock, T0 + 21.5)
+    assert len(run.times()) > 3
+    assert min(run.times()[3:]) == pytest.approx(T0 + 21, abs=1e-3)  # within a second
+
+
+async def test_fixed_windows_of_tokens_or_days_wait_for_the_reset_they_announce(
+    clock: FakeClock, runs: Callable[[KeyPool], Run]
+) -> None:
+    # An IETF gateway announcing fixed token and daily windows: metered as a token log and
+    # a day counter, which an announced reset with nothing left still exhausts.
+    pool = KeyPool(names(1), clock=clock)
+    bound(pool, clock)
+    lease = await pool.acquire()
+    tokens = window(
+        unit="tokens", limit=10_000, remaining=0, reset_at=T0 + 40, period=60.0, fixed=True
+    )
+    pool.settle(lease, ok(windows=(tokens,)))
+    pool.release(lease)
+    assert pool.describe(clock.time())[0]["limits"] == ["10000 tokens/minute"]
+    run = runs(pool)
+    run.acquire(Cost(tokens=100))
+    await run_until(clock, T0 + 39.9)
+    assert run.times() == []
+    await run_until(clock, T0 + 45)
+    assert run.times() == [pytest.approx(T0 + 40, abs=0.01)]

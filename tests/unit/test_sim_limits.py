@@ -76,6 +76,24 @@ def test_a_request_larger_than_the_token_limit_can_never_fit() -> None:
     assert rejection.retry_after is None
 
 
+def test_a_token_can_start_with_part_of_its_hour_spent() -> None:
+    # A token used elsewhere before: 2 of 5,000 left, the window resetting in 20 s.
+    start = 1_700_000_000.0
+    clock = FakeClock(start=start)
+    meter = KeyMeter(KeyLimits(rph=5000, rph_left=2, rph_reset=20), clock)
+    admit(meter)
+    admit(meter)
+    assert meter.try_acquire() == Rejection("rph", 5000, 5000, 1, 20.0)
+    window = meter.state().rph
+    assert window is not None
+    assert (window.remaining, window.resets_at) == (0, start + 20)
+    clock.advance(20)  # a fresh hour, opened by the next request
+    admit(meter)
+    window = meter.state().rph
+    assert window is not None
+    assert (window.remaining, window.resets_at) == (4999, start + 20 + HOUR)
+
+
 def test_rph_is_a_fixed_window_opened_by_the_first_request() -> None:
     start = 1_700_000_000.0
     clock = FakeClock(start=start)

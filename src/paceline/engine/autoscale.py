@@ -2,8 +2,13 @@
 
 Every half second: if every request was admitted at once, (nearly) every worker is busy,
 no 429 came back and items are waiting, the keys have room the workers cannot fill: grow
-by half, up to what Little's law says is useful. 429s mean the provider is the bound
-already: shrink by a quarter. Many workers only waiting for slots: hand a tenth back.
+by half, up to what Little's law says is useful. The keys' limits need not be known for
+that: a pool that starts without any grows while no 429 comes back, and once the answers
+have taught its limits, Little's law bounds it (a fixed window with something left bounds
+nothing: it is spent as fast as the job can). 429s mean the provider is the bound already:
+shrink by a quarter. Many workers only waiting for slots: hand a tenth back (not while
+every key waits for a reset: the workers will be wanted when it comes). An event loop
+that wakes late means this process's CPU is the bound: grow no more.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import math
 
 from paceline.clock import Clock
+from paceline.plan import pace
 
 from .attempt import Attempts
 from .dispatch import Dispatcher
@@ -22,6 +28,9 @@ __all__ = ["AUTO_START", "Autoscaler"]
 
 AUTO_START = 8
 AUTOSCALE_EVERY = 0.5
+#: The event loop this late (seconds) means the CPU is the bound: grow no more (four
+#: times as late: hand a tenth back).
+SATURATED = 0.1
 
 
 class Autoscaler:
@@ -49,11 +58,18 @@ class Autoscaler:
         d, pool = self.dispatcher, self.pool
         crowded, rejected = 0, pool.rejections
         while self.state.taking:
+            before = self.clock.monotonic()
             await self.clock.sleep(AUTOSCALE_EVERY)
+            # The event loop late to wake us: this process's CPU is the bound, not the keys.
+            lag = self.clock.monotonic() - before - AUTOSCALE_EVERY
             workers = d.size
             new_rejections, rejected = pool.rejections - rejected, pool.rejections
             if new_rejections and workers > AUTO_START:
                 self._shrink(workers, max(1, workers // 4))
+                crowded = 0
+            elif lag > SATURATED:
+                if lag > 4 * SATURATED and workers > AUTO_START:
+                    self._shrink(workers, max(1, workers // 10))
                 crowded = 0
             elif (
                 not new_rejections
@@ -64,7 +80,8 @@ class Autoscaler:
                 ceiling = min(self.max_concurrency, self.useful_workers())
                 d.spawn(max(0, min(max(2, workers // 2), ceiling - workers)))
                 crowded = 0
-            elif pool.waiting > max(4, workers // 2):
+            elif pool.waiting > max(4, workers // 2) and pace(pool.pool, self.clock.time()):
+                # (Every key spent until a reset: the workers are kept for it.)
                 crowded += 1
                 if crowded >= 8 and workers > AUTO_START:
                     self._shrink(workers, max(1, workers // 10))
@@ -75,10 +92,11 @@ class Autoscaler:
     def useful_workers(self) -> int:
         """Little's law: items in flight = item rate the keys allow × time per item.
 
-        Half again as many, for the spread of latencies; no bound when the keys' limits
-        are unknown (then 429s and waits are the signal).
+        Half again as many, for the spread of latencies; no bound while the keys' pace is
+        unknown or unbounded (limits not learned yet, a fixed window with room left): then
+        429s and waits are the signal.
         """
-        per_minute = self.pool.per_minute()
+        per_minute = pace(self.pool.pool, self.clock.time())
         finished = self.progress.done_run + self.progress.failed_run
         seconds = self.attempts.seconds
         if math.isinf(per_minute) or not finished or seconds <= 0:

@@ -10,10 +10,15 @@ The default for every job. Per key group:
   the emission interval is ``window / (limit - b + 1)``;
 * token windows: a log of reservations, exact (one request may be a large share of the
   window, where GCRA would either overrun or waste);
+* fixed request windows (a provider that announces what is left and when it resets, as
+  GitHub does): what was left when an answered request was admitted, less what was taken
+  since and what is still in flight from before it (:class:`FixedMeter`); spent, it
+  admits nothing before the reset, then the whole window again;
 * daily (and longer) windows: a counter that resets at midnight in a time zone (Gemini's
   per-day quotas reset at midnight Pacific), because a daily quota is spent as fast as the
   shorter limits allow, not spread evenly over the day;
-* ``N concurrent``: a count of requests in flight.
+* requests in flight, capped by ``N concurrent`` and by what a concurrency limit answered
+  taught (:class:`ConcurrencyMeter`).
 
 Key states live here too. Everything is synchronous; the ``async`` calls of
 :class:`~paceline.meters.protocol.MeterBackend` never wait.
@@ -32,9 +37,12 @@ from paceline.clock import SYSTEM_CLOCK, Clock
 from paceline.limits import Cost, Limit, day_start, default_burst, next_day_start, zone
 
 from .protocol import (
+    CAP_CUT,
+    CAP_RECOVERY,
     MIN_FACTOR,
     RECOVERY,
     SLOWDOWN,
+    THROTTLE_HOLD,
     Answer,
     DayUsage,
     GroupSpec,
@@ -42,12 +50,16 @@ from .protocol import (
     KeyState,
     Refusal,
     Reservation,
+    WindowUsage,
     meter_id,
+    reset_edge,
 )
 
 __all__ = [
     "ConcurrencyMeter",
     "DayMeter",
+    "FixedMeter",
+    "Flight",
     "GcraMeter",
     "LocalBackend",
     "LocalGroup",
@@ -111,7 +123,14 @@ class GcraMeter:
         """The provider says nothing is left before ``until``."""
         self.tat = max(self.tat, until + self._capacity(1) - self.interval)
 
+    def seed(self, used: float, now: float) -> None:
+        """A new meter for a window already ``used`` this much: pace as if it had been
+        spent at the meter's rate up to now (no burst on top of one already sent)."""
+        self.tat = max(self.tat, now + used * self.interval)
 
+
+#: How soon a fixed window held back by requests in flight is looked at again.
+LAND_POLL = 0.1
 #: Past a window's edge by this much, so a provider counting its window closed on both
 #: ends does not see the old request and the new one together.
 _EDGE = 0.001
@@ -126,7 +145,7 @@ class WindowMeter:
     time, plus its own, fit the limit: never more, and no slack lost.
     """
 
-    __slots__ = ("entries", "factor", "last_entry", "limit", "total")
+    __slots__ = ("entries", "factor", "last_entry", "limit", "not_before", "total")
 
     def __init__(self, limit: Limit) -> None:
         self.limit = limit
@@ -134,6 +153,7 @@ class WindowMeter:
         self.total = 0.0  # units in ``entries``
         self.last_entry: list[float] | None = None  # the latest reservation, for its lease
         self.factor = 1.0  # as GcraMeter's; token windows are not slowed down
+        self.not_before = -math.inf  # the provider said nothing is left before then
 
     def set_limit(self, limit: Limit) -> None:
         self.limit = limit
@@ -148,7 +168,7 @@ class WindowMeter:
         """Earliest time (not before the last reservation) ``cost`` fits the window."""
         self._forget(now)
         entries, window = self.entries, self.limit.seconds
-        at = max(now, entries[-1][0]) if entries else now
+        at = max(now, entries[-1][0], self.not_before) if entries else max(now, self.not_before)
         total = self.total
         i = 0
         while i < len(entries) and entries[i][0] <= at - window:
@@ -199,11 +219,14 @@ class WindowMeter:
         return sum(units for at, units in self.entries if start < at <= now)
 
     def exhaust_until(self, until: float) -> None:
-        """Nothing fits before ``until``: a full window's worth ending just then."""
-        start = until - self.limit.seconds
-        if not self.entries or self.entries[-1][0] <= start:
-            self.entries.append([start, float(self.limit.count)])
-            self.total += self.limit.count
+        """Nothing fits before ``until``."""
+        self.not_before = max(self.not_before, until)
+
+    def seed(self, used: float, now: float) -> None:
+        """A new meter for a window already ``used`` this much (counted as of now)."""
+        if used > 0:
+            self.entries.append([now, used])
+            self.total += used
 
 
 class DayMeter:
@@ -275,44 +298,230 @@ class DayMeter:
             self.used_units = max(self.used_units, used)
 
 
-class ConcurrencyMeter:
-    """At most ``limit.count`` requests in flight."""
+class Flight:
+    """A group's requests in flight (taken, not yet released), for its fixed windows."""
 
-    __slots__ = ("in_flight", "limit")
+    __slots__ = ("count", "flying", "n")
 
-    def __init__(self, limit: Limit) -> None:
+    def __init__(self) -> None:
+        self.n = 0
+        self.count = 0
+        self.flying: dict[int, int] = {}  # token -> requests
+
+    def take(self, requests: int) -> int:
+        self.n += 1
+        units = max(1, requests)
+        self.flying[self.n] = units
+        self.count += units
+        return self.n
+
+    def land(self, token: int) -> None:
+        self.count -= self.flying.pop(token, 0)
+
+
+class FixedMeter:
+    """A fixed request window: what is left until the announced reset.
+
+    The provider's answers say what was left (``remaining``) when a request was admitted,
+    and when the window resets. Of the answers in this window, the one that says least
+    came from the request admitted last; every other request answered was admitted before
+    it and is in its count. So what is left now is the least any answer said, less the
+    requests still in flight (they may have been admitted after it), whatever order
+    requests reached the provider and answers came back. Spent, it admits nothing before
+    the reset (and the reset's precision: a reset given in whole seconds may lie up to a
+    second later); then the whole window again, less the requests still in flight, until
+    an answer says better. Before any answer the window is taken as full, from its first
+    request.
+    """
+
+    __slots__ = ("announced", "end", "factor", "flight", "left", "limit", "slack")
+
+    def __init__(self, limit: Limit, flight: Flight) -> None:
         self.limit = limit
+        self.flight = flight
+        self.end = -math.inf  # when the window resets; -inf: not known yet
+        self.announced = False  # ``end`` was said by the provider (not assumed)
+        self.slack = 0.0
+        self.left = float(limit.count)  # the least an answer said was left
+        self.factor = 1.0  # as GcraMeter's; what is left is not slowed down
+
+    def set_limit(self, limit: Limit) -> None:
+        if limit.count < self.limit.count and not self.announced:
+            self.left = min(self.left, float(limit.count))
+        self.limit = limit
+
+    @property
+    def reset(self) -> float:
+        """When the window may be used again (``inf`` while its end is not known)."""
+        return self.end + reset_edge(self.slack) if math.isfinite(self.end) else math.inf
+
+    def _roll(self, now: float) -> None:
+        if now >= self.reset:  # a new window: all of it, less what is still in flight
+            self.end, self.announced, self.slack = -math.inf, False, 0.0
+            self.left = float(self.limit.count)
+
+    def available(self, now: float) -> float:
+        """What may still be sent in this window (changes nothing once rolled)."""
+        left = self.limit.count if now >= self.reset else self.left
+        return left - self.flight.count
+
+    def ready_at(self, cost: float, now: float) -> float:
+        if cost <= 0:
+            return now
+        self._roll(now)
+        if self.available(now) >= cost:
+            return now
+        if self.left >= cost or not math.isfinite(self.reset):
+            # Held back by requests in flight (or spent before the window's end is
+            # known): look again soon, as they land.
+            return now + LAND_POLL
+        return self.reset
+
+    def reserve(self, cost: float, now: float) -> float:
+        """The request is counted in flight by the group's :class:`Flight`; the window
+        opens (as far as is known) with its first request."""
+        self._roll(now)
+        if cost > 0 and not math.isfinite(self.end):
+            self.end = now + self.limit.seconds
+        return now
+
+    def adjust(self, units: float) -> None:
+        """Refunds are not given back (the request may still be counted by the provider);
+        the next answer says what is left."""
+
+    def reconcile(
+        self, remaining: int | None, reset_at: float | None, slack: float, now: float
+    ) -> None:
+        """An answer says ``remaining`` were left when its request was admitted, and that
+        the window resets at ``reset_at`` (``remaining`` of ``None``: it said nothing, and
+        its request counts)."""
+        if remaining is None:
+            if now < self.reset or not math.isfinite(self.reset):
+                self.left -= 1
+            return
+        if reset_at is not None:
+            if reset_at + reset_edge(slack) <= now:
+                return  # about a window that is over
+            tolerance = max(slack, min(1.5, self.limit.seconds / 4))
+            if self.announced and reset_at < self.end - tolerance:
+                return  # an answer from the window before
+            if not self.announced or reset_at > self.end + tolerance:
+                self.end, self.slack, self.announced = reset_at, slack, True
+                self.left = float(remaining)
+                return
+        self.left = min(self.left, float(remaining))
+
+    def exhaust_until(self, until: float) -> None:
+        self.left = 0.0
+        if math.isfinite(until):
+            self.end, self.announced = max(self.end, until), True
+
+    def used(self, now: float) -> float:
+        return max(0.0, self.limit.count - self.available(now))
+
+    def usage(self, now: float) -> WindowUsage:
+        reset = self.reset if now < self.reset else -math.inf
+        shown = reset if math.isfinite(reset) else -math.inf
+        return WindowUsage(self.limit, max(0.0, self.available(now)), shown)
+
+
+class ConcurrencyMeter:
+    """Requests in flight, at most the configured ``N concurrent`` and at most what a
+    concurrency limit answered taught (:meth:`throttle`): the cap drops below the level
+    that tripped it and climbs back to just under that level over
+    :data:`~paceline.meters.protocol.CAP_RECOVERY` seconds (tripped again, the level
+    drops by a tenth); the learned level is forgotten after
+    :data:`~paceline.meters.protocol.RECOVERY` seconds without another trip."""
+
+    __slots__ = ("base", "ceiling", "cut", "in_flight", "limit", "throttled_at")
+
+    def __init__(self, limit: Limit | None) -> None:
+        self.base = limit  # as configured (None: no cap)
+        self.limit = limit  # in force now
         self.in_flight = 0
+        self.ceiling: int | None = None  # learned from the provider
+        self.cut = 0
+        self.throttled_at = -math.inf
 
     @property
     def full(self) -> bool:
-        return self.in_flight >= self.limit.count
+        return self.limit is not None and self.in_flight >= self.limit.count
+
+    @property
+    def learned(self) -> bool:
+        return self.ceiling is not None
+
+    def throttle(self, in_flight: int, now: float) -> None:
+        level = max(1, in_flight - 1)
+        if self.ceiling is not None and now - self.throttled_at < THROTTLE_HOLD:
+            self.ceiling = min(self.ceiling, level)  # the same burst answered: no new cut
+            self.cut = min(self.cut, self.ceiling)
+        else:
+            # Tripped again below a level learned before: that level was too high.
+            if self.ceiling is not None:
+                level = min(level, max(1, self.ceiling - max(1, self.ceiling // 10)))
+            self.ceiling = level
+            self.cut = max(1, math.floor(CAP_CUT * level))
+            self.throttled_at = now
+        self.refresh(now)
+
+    def refresh(self, now: float) -> None:
+        """The cap in force at ``now``."""
+        if self.ceiling is None:
+            return
+        elapsed = now - self.throttled_at
+        if elapsed >= RECOVERY:
+            self.ceiling, self.limit = None, self.base
+            return
+        share = min(1.0, max(0.0, elapsed / CAP_RECOVERY))
+        cap = math.floor(self.cut + (self.ceiling - self.cut) * share)
+        if self.base is not None:
+            cap = min(cap, self.base.count)
+        self.limit = Limit(max(1, cap), 0.0, "concurrent")
 
 
-Meter = GcraMeter | WindowMeter | DayMeter
+Meter = GcraMeter | WindowMeter | FixedMeter | DayMeter
 
 
-def _window_meter(limit: Limit) -> GcraMeter | WindowMeter:
-    # Request limits pace as GCRA; token limits, where one request can be a large share of
-    # the window, as a log of reservations.
-    return WindowMeter(limit) if limit.unit == "tokens" else GcraMeter(limit)
+def _window_meter(limit: Limit, flight: Flight) -> GcraMeter | WindowMeter | FixedMeter:
+    # Request limits pace as GCRA (or, fixed, spend what is left); token limits, where one
+    # request can be a large share of the window, as a log of reservations.
+    if limit.tokens:
+        return WindowMeter(limit)
+    return FixedMeter(limit, flight) if limit.fixed else GcraMeter(limit)
 
 
 class LocalGroup:
     """The meters of one key group in this process (a key's ``group``)."""
 
-    __slots__ = ("_ids", "concurrency", "day", "gcra", "learned", "slowed_at", "spec", "tz")
+    __slots__ = (
+        "_ids",
+        "concurrency",
+        "day",
+        "flight",
+        "gcra",
+        "learned",
+        "slowed_at",
+        "spec",
+        "tz",
+    )
 
     def __init__(self, spec: GroupSpec) -> None:
         self.spec = spec
         self.tz: dt.tzinfo = zone(spec.tz)
+        self.flight = Flight()
         limits = spec.limits
-        self.gcra: list[GcraMeter | WindowMeter] = [
-            _window_meter(lim) for lim in limits if lim.unit != "concurrent" and not lim.daily
-        ]
+        self.gcra: list[GcraMeter | WindowMeter | FixedMeter] = []
+        for lim in limits:
+            if lim.unit != "concurrent" and not lim.daily:
+                same = [m for m in self.gcra if meter_id(m.limit) == meter_id(lim)]
+                if not same:
+                    self.gcra.append(_window_meter(lim, self.flight))
+                elif lim.count < same[0].limit.count:  # two limits of one window: the lower
+                    same[0].set_limit(Limit(lim.count, lim.seconds, lim.unit, fixed=lim.fixed))
         self.day: list[DayMeter] = [DayMeter(lim, self.tz) for lim in limits if lim.daily]
         conc = [lim for lim in limits if lim.unit == "concurrent"]
-        self.concurrency = ConcurrencyMeter(min(conc, key=lambda x: x.count)) if conc else None
+        self.concurrency = ConcurrencyMeter(min(conc, key=lambda x: x.count) if conc else None)
         self.learned: list[Limit] = []
         self.slowed_at = 0.0
         self._ids: tuple[str, ...] | None = None
@@ -327,7 +536,7 @@ class LocalGroup:
 
     @property
     def limited(self) -> bool:
-        return bool(self.gcra or self.day or self.concurrency)
+        return bool(self.gcra or self.day or self.concurrency.limit)
 
     def ids(self) -> tuple[str, ...]:
         if self._ids is None:
@@ -337,41 +546,54 @@ class LocalGroup:
     def ready_at(self, cost: Cost, now: float) -> float:
         """Earliest time every meter admits ``cost``."""
         at = now
-        requests, tokens = float(cost.requests), float(cost.tokens)
-        for meter in self.gcra:
-            ready = meter.ready_at(tokens if meter.limit.unit == "tokens" else requests, now)
-            if ready > at:
-                at = ready
-        for day in self.day:
-            ready = day.ready_at(tokens if day.limit.unit == "tokens" else requests, now)
+        for meter in self.meters():
+            ready = meter.ready_at(float(cost.units(meter.limit.unit)), now)
             if ready > at:
                 at = ready
         return at
 
-    def learn(self, limit: Limit) -> None:
+    def learn(self, limit: Limit, used: float = 0.0, now: float = 0.0) -> None:
         same = [m for m in self.meters() if meter_id(m.limit) == meter_id(limit)]
         if not same:
+            meter: Meter
             if limit.daily:
-                self.day.append(DayMeter(limit, self.tz))
+                meter = DayMeter(limit, self.tz)
+                self.day.append(meter)
             else:
-                self.gcra.append(_window_meter(limit))
+                meter = _window_meter(limit, self.flight)
+                if not isinstance(meter, FixedMeter):
+                    meter.seed(used, now)
+                self.gcra.append(meter)
             self.learned.append(limit)
             self._ids = None
         for meter in same:
             if limit.count < meter.limit.count:
-                lowered = Limit(limit.count, meter.limit.seconds, meter.limit.unit)
+                lowered = Limit(
+                    limit.count, meter.limit.seconds, meter.limit.unit, fixed=meter.limit.fixed
+                )
                 if isinstance(meter, DayMeter):
                     meter.limit = lowered
                 else:
                     meter.set_limit(lowered)
+            if limit.fixed and meter.limit.fixed is None and isinstance(meter, GcraMeter):
+                # Configured without saying: the provider says its window is fixed.
+                fixed = FixedMeter(
+                    Limit(meter.limit.count, meter.limit.seconds, meter.limit.unit, fixed=True),
+                    self.flight,
+                )
+                self.gcra[self.gcra.index(meter)] = fixed
+
+    def fixed(self) -> list[FixedMeter]:
+        return [m for m in self.gcra if isinstance(m, FixedMeter)]
 
     def slow_down(self, now: float) -> None:
         for meter in self.gcra:
-            if meter.limit.unit == "requests":
+            if isinstance(meter, GcraMeter) and meter.limit.unit == "requests":
                 meter.factor = max(MIN_FACTOR, meter.factor * SLOWDOWN)
         self.slowed_at = now
 
     def recover(self, now: float) -> None:
+        self.concurrency.refresh(now)
         slowed = [meter for meter in self.gcra if meter.factor < 1.0]
         if not slowed:
             return
@@ -382,23 +604,32 @@ class LocalGroup:
 
     def view(self, now: float) -> GroupView:
         limits = [m.limit for m in self.meters()]
-        if self.concurrency is not None:
-            limits.append(self.concurrency.limit)
+        conc = self.concurrency
+        if conc.limit is not None:
+            limits.append(conc.limit)
         today = []
         for day in self.day:
             start, reset, used = day.window(now)
             today.append(DayUsage(day.limit, start, reset, used))
+        learned = list(self.learned)
+        if conc.learned and conc.limit is not None:
+            learned.append(conc.limit)
         return GroupView(
             self.id,
             tuple(limits),
-            tuple(self.learned),
+            tuple(learned),
             tuple(today),
-            self.concurrency.in_flight if self.concurrency is not None else 0,
+            conc.in_flight,
             min((m.factor for m in self.gcra), default=1.0),
+            tuple(m.usage(now) for m in self.fixed()),
         )
 
 
 _READY = KeyState()
+
+
+def _count(limit: Limit) -> int:
+    return limit.count
 
 
 class LocalBackend:
@@ -463,40 +694,51 @@ class LocalBackend:
             return Answer(now, now, None, Refusal.KEY, state)
         g = self._groups[group]
         conc = g.concurrency
-        if conc is not None and conc.full:
+        conc.refresh(now)
+        if conc.full:
             return Answer(now, now, None, Refusal.FULL, state)
         # A cooling key sends later than its meters would allow: reserve at that time, so
         # requests held back do not go as a burst.
         at = state.until if state.state in ("cooling", "parked") and state.until > now else now
-        requests, tokens = float(cost.requests), float(cost.tokens)
-        day_later = False
+        later = False  # a day not begun, or a fixed window not reset yet
         for meter in g.gcra:
-            ready = meter.ready_at(tokens if meter.limit.unit == "tokens" else requests, now)
+            ready = meter.ready_at(float(cost.units(meter.limit.unit)), now)
             if ready > at:
                 at = ready
+            if isinstance(meter, FixedMeter) and ready > now:
+                later = True
         for day in g.day:
-            ready = day.ready_at(tokens if day.limit.unit == "tokens" else requests, now)
+            ready = day.ready_at(float(cost.units(day.limit.unit)), now)
             if ready > now:
-                day_later = True
+                later = True
                 if ready > at:
                     at = ready
-        if at - now > horizon or day_later:
-            # Far ahead, or in a day not begun: reserve nothing (a request counted today
-            # but sent tomorrow would escape both days' counts).
+        if at - now > horizon or later:
+            # Far ahead, or in a window not begun: reserve nothing (a request counted in
+            # this window but sent in the next would escape both windows' counts).
             return Answer(now, at, None, Refusal.LATER, state)
         held: list[tuple[Meter, list[float] | None]] = []
         for meter in g.gcra:
-            meter.reserve(tokens if meter.limit.unit == "tokens" else requests, at)
+            meter.reserve(float(cost.units(meter.limit.unit)), at)
             held.append((meter, meter.last_entry if isinstance(meter, WindowMeter) else None))
         for day in g.day:
-            day.reserve(tokens if day.limit.unit == "tokens" else requests, now)
+            day.reserve(float(cost.units(day.limit.unit)), now)
             held.append((day, None))
+        token = g.flight.take(cost.requests)
         slot = False
-        if conc is not None and take_slot and at <= now:
+        if take_slot and at <= now:
             conc.in_flight += 1
             slot = True
         reservation = Reservation(
-            str(next(self._ids)), group, key, at, cost, g.ids(), slot, handle=held
+            str(next(self._ids)),
+            group,
+            key,
+            at,
+            cost,
+            g.ids(),
+            slot,
+            tracked=True,
+            handle=(held, token),
         )
         return Answer(now, at, reservation, None, state)
 
@@ -504,40 +746,49 @@ class LocalBackend:
         now = self._now(now)
         state = self._states.get(reservation.key, _READY)
         if state.blocks(now):  # the key went bad while the request waited
-            self.refund(reservation, reservation.cost.tokens)
+            self.refund(reservation, reservation.cost)
             return Answer(now, now, None, Refusal.KEY, state)
         conc = self._groups[reservation.group].concurrency
-        if conc is None or reservation.slot:
+        if reservation.slot:
             return Answer(now, reservation.at, reservation, None, state)
+        conc.refresh(now)
         if conc.full:  # taken while it waited
-            self.refund(reservation, reservation.cost.tokens)
+            self.refund(reservation, reservation.cost)
             return Answer(now, now, None, Refusal.FULL, state)
         conc.in_flight += 1
         return Answer(now, reservation.at, dataclasses.replace(reservation, slot=True), None, state)
 
     def estimate(self, group: str, cost: Cost, now: float) -> tuple[bool, float]:
         g = self._groups[group]
-        conc = g.concurrency
-        return conc is not None and conc.full, g.ready_at(cost, now)
+        return g.concurrency.full, g.ready_at(cost, now)
 
     # -- settling ----------------------------------------------------------------------
 
     def release(self, reservation: Reservation) -> None:
-        conc = self._groups[reservation.group].concurrency
-        if reservation.slot and conc is not None:
-            conc.in_flight -= 1
+        g = self._groups[reservation.group]
+        if reservation.slot:
+            g.concurrency.in_flight -= 1
+        g.flight.land(self._token(reservation))
 
     def _held(self, reservation: Reservation) -> Sequence[tuple[Meter, list[float] | None]]:
-        held: Sequence[tuple[Meter, list[float] | None]] | None = reservation.handle
-        return held or ()
+        handle: tuple[Sequence[tuple[Meter, list[float] | None]], int] | None
+        handle = reservation.handle
+        return handle[0] if handle else ()
 
-    def settle(self, reservation: Reservation, held: float, used: float) -> None:
-        delta = used - held
-        if not delta:
+    def _token(self, reservation: Reservation) -> int:
+        handle: tuple[object, int] | None = reservation.handle
+        return handle[1] if handle else 0
+
+    def settle(self, reservation: Reservation, held: Cost, used: Cost) -> None:
+        if held.tokens == used.tokens and held.input == used.input and held.output == used.output:
             return
         entries: dict[int, list[float]] | None = None
         for meter in self._groups[reservation.group].meters():
-            if meter.limit.unit != "tokens":
+            unit = meter.limit.unit
+            if not meter.limit.tokens:
+                continue
+            delta = float(used.units(unit) - held.units(unit))
+            if not delta:
                 continue
             if isinstance(meter, WindowMeter):
                 if entries is None:
@@ -548,15 +799,17 @@ class LocalBackend:
             else:
                 meter.adjust(delta)
 
-    def refund(self, reservation: Reservation, held: float) -> None:
+    def refund(self, reservation: Reservation, held: Cost) -> None:
         cost = reservation.cost
         for meter, entry in self._held(reservation):
-            units = held if meter.limit.unit == "tokens" else float(cost.requests)
+            unit = meter.limit.unit
+            units = float(held.units(unit) if meter.limit.tokens else cost.requests)
             if isinstance(meter, WindowMeter):
                 if entry is not None:
                     meter.adjust_entry(entry, -units)
             else:
                 meter.adjust(-units)
+        self._groups[reservation.group].flight.land(self._token(reservation))
 
     # -- what answers teach ------------------------------------------------------------
 
@@ -566,8 +819,33 @@ class LocalBackend:
     def set_key_state(self, key: str, state: KeyState) -> None:
         self._states[key] = self._states.get(key, _READY).merge(state)
 
-    def learn(self, group: str, limit: Limit) -> None:
-        self._groups[group].learn(limit)
+    def learn(self, group: str, limit: Limit, used: float = 0.0) -> None:
+        if limit.unit == "concurrent":
+            g = self._groups[group]
+            conc = g.concurrency
+            if conc.base is None or limit.count < conc.base.count:
+                conc.base = limit
+                conc.limit = limit if conc.limit is None else min(conc.limit, limit, key=_count)
+                g.learned.append(limit)
+            return
+        self._groups[group].learn(limit, used, self.clock.time())
+
+    def reconcile(
+        self,
+        reservation: Reservation,
+        meter: str,
+        remaining: int | None,
+        reset_at: float | None,
+        slack: float = 0.0,
+    ) -> None:
+        now = self.clock.time()
+        for m in self._groups[reservation.group].fixed():
+            if meter_id(m.limit) == meter:
+                m.reconcile(remaining, reset_at, slack, now)
+
+    def throttle(self, group: str, in_flight: int, now: float | None = None) -> None:
+        g = self._groups[group]
+        g.concurrency.throttle(max(in_flight, g.concurrency.in_flight), self._now(now))
 
     def exhaust(self, group: str, meter: str, until: float) -> None:
         for m in self._groups[group].meters():

@@ -5,8 +5,15 @@ decision safe. It answers one question per key group, atomically: "reserve this 
 every meter of the group and check the key's state, or tell me when you could"
 (:meth:`MeterBackend.reserve`). The reservation it hands out is later settled on the
 actual usage, refunded, or released. Key states (cooling, parked, disabled), learned and
-lowered limits, the slowdown after 429s and daily usage live in the backend too, so with a
-shared backend (Redis) every worker sees what one worker learned.
+lowered limits, the slowdown after 429s, the in-flight cap learned from concurrency limits,
+what is left of fixed windows and daily usage live in the backend too, so with a shared
+backend (Redis) every worker sees what one worker learned.
+
+A fixed window's answers say what was left when each request was admitted. Of a window's
+answers, the one that says least came from the request admitted last: every other request
+answered was admitted before it, and is in its count. What is left now is that least
+count less the requests still in flight (they may have been admitted after it), whatever
+order requests reached the provider and answers came back (:meth:`MeterBackend.reconcile`).
 
 Calls that need an answer are ``async``; calls that only tell (settle, release, refund,
 key states, limits) are plain methods that return at once: the local backend applies them
@@ -27,9 +34,11 @@ from typing import Any, Protocol
 from paceline.limits import Cost, Limit
 
 __all__ = [
+    "CAP_RECOVERY",
     "MIN_FACTOR",
     "RECOVERY",
     "SLOWDOWN",
+    "THROTTLE_HOLD",
     "Answer",
     "DayUsage",
     "GroupSpec",
@@ -38,14 +47,29 @@ __all__ = [
     "MeterBackend",
     "Refusal",
     "Reservation",
+    "WindowUsage",
     "meter_id",
+    "reset_edge",
 ]
 
 #: How much a 429 that the meters did not foresee slows a group's request meters, and the
 #: floor: its real limit is lower than configured, or shared with someone else.
 SLOWDOWN, MIN_FACTOR = 0.85, 0.2
-#: Seconds for a slowed-down group to recover its configured rate in full.
+#: Seconds for a slowed-down group to recover its configured rate in full; also how long
+#: a concurrency cap learned from the provider holds before it is forgotten.
 RECOVERY = 600.0
+#: A concurrency limit answered: the group's in-flight cap drops to this share of what was
+#: in flight, and climbs back to just below the level that tripped it over CAP_RECOVERY
+#: seconds (more answers of the same burst within THROTTLE_HOLD seconds cut no further).
+#: Tripped again later, the level learned drops by a tenth (at least one): a limit on
+#: requests in flight is found in one trip, one on their rate in a few.
+CAP_CUT, CAP_RECOVERY, THROTTLE_HOLD = 0.75, 20.0, 2.0
+
+
+def reset_edge(slack: float) -> float:
+    """How long after an announced reset a fixed window is used again: the reset's own
+    precision (an epoch in whole seconds may be floored by the provider), and a hair."""
+    return max(0.001, slack)
 
 
 def meter_id(limit: Limit) -> str:
@@ -53,6 +77,8 @@ def meter_id(limit: Limit) -> str:
 
     >>> meter_id(Limit(15, 60.0)), meter_id(Limit(10**6, 60.0, "tokens"))
     ('r60', 't60')
+    >>> meter_id(Limit(8 * 10**4, 60.0, "output_tokens"))
+    'o60'
     """
     if limit.unit == "concurrent":
         return "c"
@@ -128,7 +154,8 @@ class Reservation:
     ``at`` is when the request may be sent, on the backend's clock; ``slot`` says whether it
     holds a concurrency slot (taken at once when ``at`` was now, else by
     :meth:`MeterBackend.begin`); ``epoch`` names the meters' incarnation, so a settle for
-    meters that were lost and restarted since changes nothing. ``handle`` is the backend's
+    meters that were lost and restarted since changes nothing. ``tracked``: it counts as
+    in flight for the group's fixed windows until released. ``handle`` is the backend's
     own (the local backend keeps its token log entries there).
     """
 
@@ -140,6 +167,7 @@ class Reservation:
     meters: tuple[str, ...] = ()
     slot: bool = False
     epoch: str = ""
+    tracked: bool = False
     handle: Any = field(default=None, compare=False, repr=False)
 
 
@@ -173,9 +201,24 @@ class DayUsage:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowUsage:
+    """What is left of a fixed window, and when it may be used again: its reset, and the
+    reset's precision (``-inf``: not known yet)."""
+
+    limit: Limit
+    left: float
+    resets_at: float
+
+    @property
+    def spent(self) -> bool:
+        return self.left < 1
+
+
+@dataclass(frozen=True, slots=True)
 class GroupView:
     """A pure read of a group's meters: the limits in force (configured, learned, lowered)
-    in display order (windows, then days, then concurrency), today's usage, slots taken."""
+    in display order (windows, then days, then concurrency), today's usage, slots taken,
+    what is left of fixed windows."""
 
     id: str
     limits: tuple[Limit, ...]
@@ -183,6 +226,7 @@ class GroupView:
     today: tuple[DayUsage, ...] = ()
     in_flight: int = 0
     factor: float = 1.0
+    windows: tuple[WindowUsage, ...] = ()
 
 
 class MeterBackend(Protocol):
@@ -246,14 +290,15 @@ class MeterBackend(Protocol):
     # -- settling (these only tell) ----------------------------------------------------
 
     def release(self, reservation: Reservation) -> None:
-        """The request is over: free its concurrency slot."""
+        """The request is over: free its concurrency slot (and its place in flight)."""
         ...
 
-    def settle(self, reservation: Reservation, held: float, used: float) -> None:
-        """The request holds ``held`` tokens and the answer says it used ``used``."""
+    def settle(self, reservation: Reservation, held: Cost, used: Cost) -> None:
+        """The request holds ``held`` tokens (all, input, output) and the answer says it
+        used ``used``: token meters move by the difference."""
         ...
 
-    def refund(self, reservation: Reservation, held: float) -> None:
+    def refund(self, reservation: Reservation, held: Cost) -> None:
         """Nothing was spent: give back its requests and the ``held`` tokens."""
         ...
 
@@ -267,8 +312,33 @@ class MeterBackend(Protocol):
         """Apply ``state`` to the key by :meth:`KeyState.merge`'s rules."""
         ...
 
-    def learn(self, group: str, limit: Limit) -> None:
-        """Believe the provider: add a meter for ``limit``, or lower the one of its window."""
+    def learn(self, group: str, limit: Limit, used: float = 0.0) -> None:
+        """Believe the provider: add a meter for ``limit``, or lower the one of its window
+        (and make it fixed, if it was configured without saying and ``limit`` is fixed).
+
+        A new smooth meter starts with ``used`` units spent now (what the provider counted
+        already, and requests in flight it had not seen).
+        """
+        ...
+
+    def reconcile(
+        self,
+        reservation: Reservation,
+        meter: str,
+        remaining: int | None,
+        reset_at: float | None,
+        slack: float = 0.0,
+    ) -> None:
+        """The answer to ``reservation`` says ``remaining`` were left of fixed window
+        ``meter`` when it was admitted, and that the window resets at ``reset_at`` (known
+        to ``slack`` seconds): see the module's notes. ``remaining`` of ``None``: the
+        answer said nothing of the window (a transport error, an answer without the
+        headers), so the request is taken as counted in it. Nothing for other meters."""
+        ...
+
+    def throttle(self, group: str, in_flight: int, now: float | None = None) -> None:
+        """A concurrency limit was answered with ``in_flight`` requests in flight: cap the
+        group's requests in flight below that, to recover slowly (:meth:`recover`)."""
         ...
 
     def exhaust(self, group: str, meter: str, until: float) -> None:
@@ -280,7 +350,8 @@ class MeterBackend(Protocol):
         ...
 
     def recover(self, group: str, now: float | None = None) -> None:
-        """A success: slowed request meters regain their rate over time."""
+        """A success: slowed request meters regain their rate, and a learned in-flight cap
+        its level, over time."""
         ...
 
     # -- daily usage and display -------------------------------------------------------

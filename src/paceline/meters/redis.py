@@ -17,8 +17,9 @@ states, today's counts: the store's are restored by the engine). When Redis cann
 reached, calls raise :class:`~paceline.errors.MetersUnavailable`: the limiter waits and
 tries again; nothing falls back to meters that other workers cannot see.
 
-Keys are ``<prefix>g:<group>`` (a hash, with ``:tb:<meter>`` token buckets and ``:slots``)
-and ``<prefix>k:<key fingerprint>``: fingerprints, never secrets. A standalone Redis (or
+Keys are ``<prefix>g:<group>`` (a hash, with ``:tb:<meter>`` token buckets, ``:slots``
+and ``:fly``, the requests in flight for fixed windows) and ``<prefix>k:<key
+fingerprint>``: fingerprints, never secrets. A standalone Redis (or
 one behind Sentinel) is expected: the scripts name the keys of a group themselves.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import itertools
@@ -49,9 +51,12 @@ from paceline.errors import MetersUnavailable
 from paceline.limits import Cost, Limit, Unit, day_start, default_burst, next_day_start, zone
 
 from .protocol import (
+    CAP_CUT,
+    CAP_RECOVERY,
     MIN_FACTOR,
     RECOVERY,
     SLOWDOWN,
+    THROTTLE_HOLD,
     Answer,
     DayUsage,
     GroupSpec,
@@ -59,7 +64,9 @@ from .protocol import (
     KeyState,
     Refusal,
     Reservation,
+    WindowUsage,
     meter_id,
+    reset_edge,
 )
 
 __all__ = ["DEFAULT_PREFIX", "RedisBackend"]
@@ -92,6 +99,21 @@ def _fmt(x: float) -> str:
 
 def _float(text: str, default: float = -math.inf) -> float:
     return float(text) if text else default
+
+
+_UNITS: dict[str, Unit] = {
+    "c": "concurrent",
+    "t": "tokens",
+    "i": "input_tokens",
+    "o": "output_tokens",
+}
+_MODES: dict[bool | None, str] = {None: "", True: "f", False: "s"}
+_FIXED: dict[str, bool | None] = {"": None, "f": True, "s": False}
+
+
+def _costs(cost: Cost) -> list[int]:
+    """A cost's tokens as the scripts read them: all, input, output."""
+    return [cost.tokens, cost.input, cost.output]
 
 
 @dataclass(slots=True)
@@ -134,6 +156,11 @@ class _Group:
     slots: set[str] = field(default_factory=set)
     recovered_at: float = -math.inf
     midnights: tuple[float, float, str] = (math.inf, -math.inf, "")
+    # fixed windows as last read: meter -> (left, end, when usable again, of what is not
+    # left how much requests in flight hold back)
+    fixed: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    tracked: set[str] = field(default_factory=set)  # in flight for the fixed windows
+    throttled_at: float = -math.inf  # when this process last told of a concurrency limit
 
 
 def _configured(spec: GroupSpec) -> dict[str, _Meter]:
@@ -145,6 +172,10 @@ def _configured(spec: GroupSpec) -> dict[str, _Meter]:
         burst = 0 if limit.unit == "concurrent" else default_burst(limit)
         meters[mid] = _Meter(limit, burst, order)
     return meters
+
+
+def _mode(limit: Limit) -> str:
+    return _MODES[limit.fixed]
 
 
 class RedisBackend:
@@ -224,7 +255,7 @@ class RedisBackend:
                 continue
             meters = _configured(spec)
             arg = ";".join(
-                f"{mid}|{m.limit.count}|{m.limit.seconds!r}|{m.burst}|{m.order}"
+                f"{mid}|{m.limit.count}|{m.limit.seconds!r}|{m.burst}|{m.order}|{_mode(m.limit)}"
                 for mid, m in meters.items()
             )
             key = f"{self.prefix}g:{spec.id}"
@@ -353,16 +384,17 @@ class RedisBackend:
     # -- what Redis answers ------------------------------------------------------------
 
     def _absorb(self, g: _Group, view: Sequence[str], now: float) -> None:
-        version, spec, days, flying, next_at = view
-        if spec:
+        version, spec, days, flying, next_at, windows = view
+        if spec or (version and version != g.version):  # (no meters left: an empty spec)
             meters: dict[str, _Meter] = {}
-            for item in spec.split(";"):
-                mid, count, seconds, burst, order, learned, factor = item.split("|")
-                unit: Unit = (
-                    "concurrent" if mid == "c" else "tokens" if mid[0] == "t" else "requests"
-                )
+            for item in spec.split(";") if spec else ():
+                mid, count, seconds, burst, order, learned, factor, mode = item.split("|")
+                unit = _UNITS.get(mid[0], "requests")
                 limit = Limit(
-                    int(float(count)), float(seconds) if unit != "concurrent" else 0.0, unit
+                    int(float(count)),
+                    float(seconds) if unit != "concurrent" else 0.0,
+                    unit,
+                    fixed=_FIXED.get(mode),
                 )
                 meters[mid] = _Meter(
                     limit, int(float(burst)), int(float(order)), learned == "1", float(factor)
@@ -372,6 +404,10 @@ class RedisBackend:
         for item in days.split(";") if days else ():
             mid, used, start, end = item.split("|")
             g.days[mid] = _Day(float(used), _float(start), _float(end))
+        g.fixed = {}
+        for item in windows.split(";") if windows else ():
+            mid, left, end, reset, flying = item.split("|")
+            g.fixed[mid] = (float(left), _float(end), _float(reset, math.inf), float(flying))
         g.in_flight = int(flying)
         g.next_at = float(next_at)
         conc = g.meters.get("c")
@@ -384,7 +420,13 @@ class RedisBackend:
             self._states[key] = self._states.get(key, _READY).merge(seen)
         return seen
 
-    def _reseed(self, g: _Group, meters: dict[str, _Meter], days: dict[str, _Day]) -> None:
+    def _reseed(
+        self,
+        g: _Group,
+        meters: dict[str, _Meter],
+        days: dict[str, _Day],
+        fixed: dict[str, tuple[float, float, float, float]],
+    ) -> None:
         """Redis lost the group and registered it again: send what this process knew."""
         configured = _configured(g.spec)
         for mid, meter in meters.items():
@@ -399,6 +441,10 @@ class RedisBackend:
             state = self._states.get(fingerprint)
             if state is not None and state.state != "ready":
                 self._tell_state(fingerprint, state, None)
+        now = self._local_now(None)
+        for mid, (left, _end, reset, _flying) in fixed.items():
+            if left < 1 and now < reset < math.inf:  # spent until its reset: still spent
+                self._limits(g, None, "exhaust", mid, _fmt(reset))
 
     # -- admission ---------------------------------------------------------------------
 
@@ -426,19 +472,21 @@ class RedisBackend:
             self._midnights(g, local_now),
             g.version,
             g.name,
+            cost.input,
+            cost.output,
         ]
         try:
             reply = await self._send((self._scripts["reserve"], [g.key, self._key(key)], args))
         except asyncio.CancelledError:
             # It may have been taken: free the slot (a slot taken twice would outlive us).
-            self._tell("settle", [g.key], ["", 0, 0, 0, 0, "", rid, 1])
+            self._release_call(g, rid, True)
             raise
         status, at, backend_now, slot, epoch, reinit, state, until, reason, mids = reply[:10]
-        meters, days = dict(g.meters), dict(g.days)
+        meters, days, fixed = dict(g.meters), dict(g.days), dict(g.fixed)
         g.epoch = epoch
-        self._absorb(g, reply[10:15], local_now)
+        self._absorb(g, reply[10:16], local_now)
         if reinit == "1":
-            self._reseed(g, meters, days)
+            self._reseed(g, meters, days, fixed)
         seen = self._see_state(key, state, until, reason)
         answered = float(backend_now)
         if status == "ok":
@@ -451,9 +499,11 @@ class RedisBackend:
                 tuple(mids.split(",")) if mids else (),
                 slot == "1",
                 epoch,
+                tracked=True,
             )
             if reservation.slot:
                 g.slots.add(rid)
+            g.tracked.add(rid)
             return Answer(answered, float(at), reservation, None, seen)
         if status == "full":
             g.full_until = local_now + FULL_FOR
@@ -469,7 +519,7 @@ class RedisBackend:
             # No slot to take: the key's state as last known is enough (no round trip).
             local_now = self._local_now(now)
             if state.blocks(local_now):
-                self.refund(reservation, reservation.cost.tokens)
+                self.refund(reservation, reservation.cost)
                 return Answer(local_now, local_now, None, Refusal.KEY, state)
             return Answer(local_now, reservation.at, reservation, None, state)
         r = reservation
@@ -482,20 +532,23 @@ class RedisBackend:
             r.cost.tokens,
             ",".join(r.meters),
             _fmt(self.slot_ttl),
+            r.cost.input,
+            r.cost.output,
         ]
         try:
             reply = await self._send((self._scripts["begin"], [g.key, self._key(r.key)], args))
         except asyncio.CancelledError:
-            self._tell("settle", [g.key], ["", 0, 0, 0, 0, "", r.id, 1])
+            self._release_call(g, r.id, r.tracked)
             raise
         status, backend_now, slot, st, until, reason = reply
         seen = self._see_state(r.key, st, until, reason)
         answered = float(backend_now)
         if status == "ok":
-            taken = Reservation(r.id, r.group, r.key, r.at, r.cost, r.meters, slot == "1", r.epoch)
+            taken = dataclasses.replace(r, slot=slot == "1")
             if taken.slot:
                 g.slots.add(r.id)
             return Answer(answered, r.at, taken, None, seen)
+        g.tracked.discard(r.id)
         if status == "full":
             g.full_until = self._local_now(now) + FULL_FOR
             return Answer(answered, answered, None, Refusal.FULL, seen)
@@ -508,33 +561,48 @@ class RedisBackend:
             meter = g.meters.get(mid)
             if meter is None or now >= day.end or day.used <= 0:
                 continue
-            units = cost.tokens if meter.limit.unit == "tokens" else cost.requests
-            if day.used + units > meter.limit.count:
+            if day.used + cost.units(meter.limit.unit) > meter.limit.count:
                 at = max(at, day.end)
+        for left, _end, reset, flying in g.fixed.values():
+            if left + flying < cost.requests and now < reset < math.inf:
+                at = max(at, reset)  # (held back by requests in flight: Redis decides)
         return now < g.full_until, at
 
     # -- settling ----------------------------------------------------------------------
 
-    def release(self, reservation: Reservation) -> None:
-        if not reservation.slot:
-            return
-        g = self._groups[reservation.group]
-        g.slots.discard(reservation.id)
-        g.in_flight = max(0, g.in_flight - 1)
-        g.full_until = -math.inf
-        self._tell("settle", [g.key], ["", 0, 0, 0, 0, "", reservation.id, 1])
-
-    def _adjust(self, r: Reservation, requests: float, tokens: float, held: float) -> None:
-        g = self._groups[r.group]
-        args = [r.epoch, _fmt(r.at), requests, tokens, held, ",".join(r.meters), r.id, 0]
+    def _release_call(self, g: _Group, rid: str, tracked: bool) -> None:
+        g.tracked.discard(rid)
+        args = ["", 0, 0, 0, 0, 0, 0, 0, 0, "", rid, 1, int(tracked)]
         self._tell("settle", [g.key], args)
 
-    def settle(self, reservation: Reservation, held: float, used: float) -> None:
-        if used != held:
-            self._adjust(reservation, 0, used - held, held)
+    def release(self, reservation: Reservation) -> None:
+        if not (reservation.slot or reservation.tracked):
+            return
+        g = self._groups[reservation.group]
+        if reservation.slot:
+            g.slots.discard(reservation.id)
+            g.in_flight = max(0, g.in_flight - 1)
+            g.full_until = -math.inf
+        self._release_call(g, reservation.id, reservation.tracked)
 
-    def refund(self, reservation: Reservation, held: float) -> None:
-        self._adjust(reservation, -reservation.cost.requests, -held, held)
+    def _adjust(self, r: Reservation, requests: float, change: list[int], held: Cost) -> None:
+        g = self._groups[r.group]
+        args = [r.epoch, _fmt(r.at), requests, *change, *_costs(held), ",".join(r.meters)]
+        self._tell("settle", [g.key], [*args, r.id, 0, 0])
+
+    def settle(self, reservation: Reservation, held: Cost, used: Cost) -> None:
+        change = [u - h for u, h in zip(_costs(used), _costs(held), strict=True)]
+        if any(change):
+            self._adjust(reservation, 0, change, held)
+
+    def refund(self, reservation: Reservation, held: Cost) -> None:
+        g = self._groups[reservation.group]
+        if reservation.tracked:
+            g.tracked.discard(reservation.id)
+        change = [-x for x in _costs(held)]
+        args = [reservation.epoch, _fmt(reservation.at), -reservation.cost.requests, *change]
+        args += [*_costs(held), ",".join(reservation.meters), reservation.id, 0]
+        self._tell("settle", [g.key], [*args, int(reservation.tracked)])
 
     # -- what answers teach ------------------------------------------------------------
 
@@ -554,18 +622,66 @@ class RedisBackend:
         midnights = self._midnights(g, self._local_now(now))
         self._tell("limits", [g.key], [*self._head(g, now), midnights, op, *args])
 
-    def learn(self, group: str, limit: Limit) -> None:
+    def learn(self, group: str, limit: Limit, used: float = 0.0) -> None:
         g = self._groups[group]
         mid = meter_id(limit)
         meter = g.meters.get(mid)
-        burst = default_burst(limit)
+        burst = 0 if limit.unit == "concurrent" else default_burst(limit)
         if meter is None:
             order = 1000 + sum(m.learned for m in g.meters.values())
             g.meters[mid] = _Meter(limit, burst, order, learned=True)
-        elif limit.count < meter.limit.count:
-            meter.limit = Limit(limit.count, meter.limit.seconds, meter.limit.unit)
-            meter.burst = max(1, min(meter.burst, burst))
-        self._limits(g, None, "learn", mid, limit.count, repr(limit.seconds), burst)
+        else:
+            fixed = meter.limit.fixed
+            if limit.fixed and fixed is None:
+                fixed = True
+            count = min(limit.count, meter.limit.count)
+            meter.limit = Limit(count, meter.limit.seconds, meter.limit.unit, fixed=fixed)
+            meter.burst = max(1, min(meter.burst, burst)) if burst else 0
+        args = [mid, limit.count, repr(limit.seconds), burst, _mode(limit), _fmt(used)]
+        self._limits(g, None, "learn", *args)
+
+    def reconcile(
+        self,
+        reservation: Reservation,
+        meter: str,
+        remaining: int | None,
+        reset_at: float | None,
+        slack: float = 0.0,
+    ) -> None:
+        g = self._groups[reservation.group]
+        m = g.meters.get(meter)
+        if m is None or not m.limit.fixed:
+            return
+        reset = "" if reset_at is None else _fmt(reset_at)
+        said = "" if remaining is None else remaining
+        self._limits(g, None, "reconcile", meter, said, reset, _fmt(slack))
+        # What this process will estimate from until Redis answers again.
+        known = g.fixed.get(meter)
+        if remaining is None or reset_at is None:
+            return
+        if known is None or reset_at > known[1] + 1.5:
+            g.fixed[meter] = (float(remaining), reset_at, reset_at + reset_edge(slack), 0.0)
+
+    def throttle(self, group: str, in_flight: int, now: float | None = None) -> None:
+        g = self._groups[group]
+        in_flight = max(in_flight, g.in_flight)
+        local_now = self._local_now(now)
+        # This process's view until Redis answers (limits.lua decides, by the same rules).
+        level = max(1, in_flight - 1)
+        conc = g.meters.get("c")
+        if local_now - g.throttled_at < THROTTLE_HOLD and conc is not None:
+            cap = min(conc.limit.count, level)  # the same burst answered: no new cut
+        else:
+            cap = max(1, math.floor(CAP_CUT * level))
+            g.throttled_at = local_now
+        if conc is None:
+            order = 1000 + sum(m.learned for m in g.meters.values())
+            g.meters["c"] = _Meter(Limit(cap, 0.0, "concurrent"), 0, order, learned=True)
+        elif cap < conc.limit.count:
+            conc.limit, conc.learned = Limit(cap, 0.0, "concurrent"), True
+        g.recovered_at = local_now
+        args = [in_flight, CAP_CUT, THROTTLE_HOLD, CAP_RECOVERY, RECOVERY]
+        self._limits(g, now, "throttle", *args)
 
     def exhaust(self, group: str, meter: str, until: float) -> None:
         g = self._groups[group]
@@ -590,13 +706,15 @@ class RedisBackend:
 
     def recover(self, group: str, now: float | None = None) -> None:
         g = self._groups[group]
-        if all(m.factor >= 1.0 for m in g.meters.values()):
+        conc = g.meters.get("c")
+        capped = conc is not None and conc.learned
+        if not capped and all(m.factor >= 1.0 for m in g.meters.values()):
             return
         local_now = self._local_now(now)
         if local_now - g.recovered_at < RECOVER_EVERY:
             return  # recovery is linear in time: once a second says as much
         g.recovered_at = local_now
-        self._limits(g, now, "recover", MIN_FACTOR, RECOVERY)
+        self._limits(g, now, "recover", MIN_FACTOR, RECOVERY, CAP_RECOVERY, RECOVERY)
 
     # -- daily usage and display -------------------------------------------------------
 
@@ -631,6 +749,14 @@ class RedisBackend:
             else:
                 today.append(DayUsage(m.limit, day.start, day.end, day.used))
         factors = [m.factor for m in g.meters.values() if m.limit.unit == "requests"]
+        windows = []
+        for mid, m in meters:
+            if mid in g.fixed:
+                left, _end, reset, _flying = g.fixed[mid]
+                if now >= reset:
+                    left, reset = float(m.limit.count), -math.inf
+                shown = reset if reset < math.inf else -math.inf
+                windows.append(WindowUsage(m.limit, max(0.0, left), shown))
         return GroupView(
             group,
             tuple(m.limit for _, m in meters),
@@ -638,6 +764,7 @@ class RedisBackend:
             tuple(today),
             g.in_flight,
             min(factors, default=1.0),
+            tuple(windows),
         )
 
     async def refresh(self) -> None:
@@ -646,7 +773,7 @@ class RedisBackend:
             (
                 self._scripts["read"],
                 [g.key, *(self._key(k) for k in g.spec.keys)],
-                [self._now_arg(None), g.version, _fmt(self.slot_ttl), *sorted(g.slots)],
+                [self._now_arg(None), g.version, _fmt(self.slot_ttl), *sorted(g.slots | g.tracked)],
             )
             for g in groups
         ]
@@ -659,8 +786,8 @@ class RedisBackend:
         now = self._local_now(None)
         for g, reply in zip(groups, results[len(pending) :], strict=True):
             if reply[0] == "1":  # (its epoch is taken up by the next reservation)
-                self._absorb(g, reply[2:7], now)
-            states = reply[7:]
+                self._absorb(g, reply[2:8], now)
+            states = reply[8:]
             for i, fingerprint in enumerate(g.spec.keys):
                 state, until, reason = states[3 * i : 3 * i + 3]
                 self._see_state(fingerprint, state, until, reason)

@@ -35,7 +35,10 @@ class KeyLimits:
     ``rpm``/``tpm`` are sliding one-minute windows (OpenAI, Anthropic, Gemini), ``rph`` is a
     fixed hourly window that starts with the first request (GitHub's primary limit), ``rpd`` a
     fixed window ending at the next midnight of :attr:`SimConfig.day_resets_tz` (Gemini), and
-    ``concurrency`` caps requests in flight at once.
+    ``concurrency`` caps requests in flight at once (GitHub's secondary limit of concurrent
+    requests, in GitHub's style). ``rph_left`` and ``rph_reset`` start a key's hourly window
+    already open when the key is first used: that many requests left, resetting that many
+    seconds later (a token used elsewhere before the run).
     """
 
     rpm: int | None = None
@@ -43,11 +46,14 @@ class KeyLimits:
     rpd: int | None = None
     rph: int | None = None
     concurrency: int | None = None
+    rph_left: int | None = None
+    rph_reset: int | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None and (not isinstance(value, int) or value < 1):
+            least = 0 if f.name == "rph_left" else 1
+            if value is not None and (not isinstance(value, int) or value < least):
                 raise ValueError(f"{f.name} must be a positive whole number, not {value!r}")
 
 

@@ -143,6 +143,11 @@ class FixedWindow:
         self._end: float | None = None
         self._count = 0
 
+    def open_at(self, left: int, end: float) -> None:
+        """Start with a window already open: ``left`` requests left until ``end``."""
+        self._count = max(0, self.limit - left)
+        self._end = end
+
     def _roll(self, now: float) -> None:
         if self._end is not None and now >= self._end:
             self._end = None
@@ -207,6 +212,9 @@ class KeyMeter:
         self.rpm = SlidingWindow(limits.rpm) if limits.rpm else None
         self.tpm = SlidingWindow(limits.tpm) if limits.tpm else None
         self.rph = FixedWindow(limits.rph, lambda now: now + HOUR) if limits.rph else None
+        if self.rph is not None and (limits.rph_left is not None or limits.rph_reset):
+            left = self.rph.limit if limits.rph_left is None else limits.rph_left
+            self.rph.open_at(left, clock.time() + (limits.rph_reset or HOUR))
         self.rpd = (
             FixedWindow(limits.rpd, lambda now: next_midnight(now, tz)) if limits.rpd else None
         )

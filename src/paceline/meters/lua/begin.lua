@@ -2,7 +2,8 @@
 -- (the key went bad, or every slot is taken), the reservation is refunded.
 -- KEYS: group hash, key state hash
 -- ARGV: now, configured meters, epoch last seen, new epoch, floor, reservation id, epoch of the reservation,
---       its send time, requests, tokens, meters it holds, slot lifetime
+--       its send time, requests, tokens, meters it holds, slot lifetime, input tokens,
+--       output tokens
 -- Returns: status (ok, full, key), now, slot taken, key state, until, reason
 local G, K = KEYS[1], KEYS[2]
 local now = clock(ARGV[1])
@@ -11,9 +12,11 @@ local g = load(G)
 local state, till, reason = key_state(K, now)
 
 local function refund()
+  untrack(G, ARGV[6])
   if g.f['e'] == ARGV[7] then
-    local tokens = tonumber(ARGV[10])
-    adjust(g, ARGV[11], tonumber(ARGV[8]), -tonumber(ARGV[9]), -tokens, tokens)
+    local held = cost_of(ARGV[9], ARGV[10], ARGV[13], ARGV[14])
+    local change = {r = -held.r, t = -held.t, i = -held.i, o = -held.o}
+    adjust(g, ARGV[11], tonumber(ARGV[8]), change, held)
     save(g)
   end
 end

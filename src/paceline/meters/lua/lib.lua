@@ -1,19 +1,25 @@
 -- Shared by every paceline meter script (put in front of each one).
 --
 -- A key group lives in one hash G:
---   m:<meter>  = "count|seconds|burst|order|learned"   the limits in force
+--   m:<meter>  = "count|seconds|burst|order|learned|mode"  the limits in force; mode is
+--                '' (as the provider says), 'f' (fixed) or 's' (smooth)
 --   f:<meter>  = slowdown factor (request windows)      t:<meter> = GCRA theoretical arrival
 --   l:<meter>  = last reservation time (token windows)  x:<meter> = nothing before then
 --   du:/ds:/de:<meter> = a day meter's count, window start and end
+--   we:/wa:/wl:/wk:<meter> = a fixed window's end, whether the provider announced it, the
+--                least an answer in it said was left, and the precision of the end
 --   e = epoch (a new one when the group is registered again), v = version of the limits,
 --   sa = when the group was last slowed down, pa:<meter> = the lowest count the provider
---   announced, c:<hash> / cs:<hash> = until when a worker's configured limits count, and
---   those limits
--- with G..':tb:'..<meter> (token buckets: bucket index -> units) and G..':slots' (in-flight
--- requests: reservation id scored by expiry). A key's state is a hash: s, u (until), r.
--- Meter names are unit and window: r60 (requests/minute), t60 (tokens/minute), r86400
--- (requests/day), c (concurrent). Times are epoch seconds, sent as text (Lua numbers come
--- back from Redis as integers).
+--   announced, pm:<meter> = 'f' when it announced the window fixed, c:<hash> / cs:<hash>
+--   = until when a worker's configured limits count, and those limits, cc/ck/ct = the
+--   in-flight level a concurrency limit answered, the cap it was cut to, and when
+-- with G..':tb:'..<meter> (token buckets: bucket index -> units), G..':slots' (in-flight
+-- requests holding a slot: reservation id scored by expiry) and G..':fly' (every request
+-- in flight, for the fixed windows: reservation id scored by expiry). A
+-- key's state is a hash: s, u (until), r. Meter names are unit and window: r60
+-- (requests/minute), t60 (tokens/minute), i60 / o60 (input / output tokens per minute),
+-- r86400 (requests/day), c (concurrent). Times are epoch seconds, sent as text (Lua
+-- numbers come back from Redis as integers).
 
 local NB = 100          -- buckets per token window: admits up to 1 % late, never too much
 local EDGE = 0.001      -- past a window's edge, for providers counting it closed on both ends
@@ -50,11 +56,14 @@ local function split(text, sep)
   return out
 end
 
-local function kind(mid, seconds)
+local TOKEN_UNITS = {t = true, i = true, o = true}
+
+local function kind(mid, seconds, mode)
   local unit = string.sub(mid, 1, 1)
   if unit == 'c' then return 'conc' end
   if seconds >= 86400 then return 'day' end
-  if unit == 't' then return 'tokens' end
+  if TOKEN_UNITS[unit] then return 'tokens' end
+  if mode == 'f' then return 'fixed' end
   return 'gcra'
 end
 
@@ -69,8 +78,8 @@ local function load(G)
       local p = split(value, '|')
       local m = {id = mid, unit = string.sub(mid, 1, 1), count = tonumber(p[1]),
                  seconds = tonumber(p[2]), burst = tonumber(p[3]), order = tonumber(p[4]),
-                 learned = p[5] or '0'}
-      m.kind = kind(mid, m.seconds)
+                 learned = p[5] or '0', mode = p[6] or ''}
+      m.kind = kind(mid, m.seconds, m.mode)
       m.factor = fl(g.f['f:' .. mid], 1)
       table.insert(g.meters, m)
     end
@@ -133,7 +142,9 @@ local function configure(g, spec, hash, now, version)
           local w = wanted[p[1]]
           if w == nil or tonumber(p[2]) < w.count then
             wanted[p[1]] = {count = tonumber(p[2]), seconds = p[3], burst = tonumber(p[4]),
-                            order = p[5]}
+                            order = p[5], mode = p[6] or (w and w.mode) or ''}
+          elseif (p[6] or '') ~= '' and w.mode == '' then
+            w.mode = p[6]
           end
         end
       end
@@ -146,7 +157,11 @@ local function configure(g, spec, hash, now, version)
     if string.sub(mid, 1, 1) ~= 'c' then
       burst = math.min(burst, default_burst(count, tonumber(w.seconds)))
     end
-    set(g, 'm:' .. mid, table.concat({count, w.seconds, burst, w.order, '0'}, '|'))
+    local mode = w.mode
+    if mode == '' then mode = g.f['pm:' .. mid] or '' end
+    local learned = '0'
+    if mid == 'c' and g.f['cc'] then learned = '1' end
+    set(g, 'm:' .. mid, table.concat({count, w.seconds, burst, w.order, learned, mode}, '|'))
   end
   for _, m in ipairs(g.meters) do
     if m.learned == '0' and wanted[m.id] == nil then unset(g, 'm:' .. m.id) end
@@ -171,8 +186,8 @@ local function register(G, spec, now, conservative, epoch, floor)
     local p = split(item, '|')
     local mid, count, seconds, burst = p[1], tonumber(p[2]), tonumber(p[3]), tonumber(p[4])
     table.insert(fields, 'm:' .. mid)
-    table.insert(fields, p[2] .. '|' .. p[3] .. '|' .. p[4] .. '|' .. p[5] .. '|0')
-    local k = kind(mid, seconds)
+    table.insert(fields, p[2] .. '|' .. p[3] .. '|' .. p[4] .. '|' .. p[5] .. '|0|' .. (p[6] or ''))
+    local k = kind(mid, seconds, p[6] or '')
     if conservative and k == 'gcra' then
       local i = seconds / (count - burst + 1)
       table.insert(fields, 't:' .. mid)
@@ -319,27 +334,135 @@ local function day_ready(g, m, cost, now)
   return fl(g.f['de:' .. m.id], now)
 end
 
-local function units(m, requests, tokens)
-  if m.unit == 't' then return tokens end
-  return requests
+-- A cost: {r = requests, t = tokens, i = input tokens, o = output tokens}.
+local function cost_of(r, t, i, o)
+  return {r = tonumber(r) or 0, t = tonumber(t) or 0, i = tonumber(i) or tonumber(t) or 0,
+          o = tonumber(o) or tonumber(t) or 0}
 end
 
--- Give back (or settle) what a reservation holds on the meters it was made on.
-local function adjust(g, mids, at, requests, tokens, held)
+local function units(m, c)
+  if TOKEN_UNITS[m.unit] then return c[m.unit] end
+  return c.r
+end
+
+-- Give back (or settle) what a reservation holds on the meters it was made on: ``change``
+-- and ``held`` are costs. A fixed window gives nothing back (the provider may have counted
+-- the request; its next answer says what is left).
+local function adjust(g, mids, at, change, held)
   local wanted = {}
   for _, mid in ipairs(split(mids, ',')) do wanted[mid] = true end
   for _, m in ipairs(g.meters) do
     if wanted[m.id] then
       if m.kind == 'gcra' then
-        local u = units(m, requests, tokens)
+        local u = units(m, change)
         if u ~= 0 then set(g, 't:' .. m.id, fmt(fl(g.f['t:' .. m.id], 0) + u * interval(m))) end
       elseif m.kind == 'tokens' then
-        tokens_adjust(g, m, at, math.max(-held, tokens))
+        tokens_adjust(g, m, at, math.max(-units(m, held), units(m, change)))
       elseif m.kind == 'day' then
-        local u = units(m, requests, tokens)
+        local u = units(m, change)
         if u ~= 0 then set(g, 'du:' .. m.id, fmt(math.max(0, fl(g.f['du:' .. m.id], 0) + u))) end
       end
     end
+  end
+end
+
+-- Fixed windows. Of a window's answers, the one that says least came from the request
+-- admitted last: every other one answered was admitted before it and is in its count.
+-- What is left: that least count, less the requests still in flight (they may have been
+-- admitted after it). Spent, nothing goes before the reset (and its precision); then the
+-- whole window again, less what is still in flight.
+local FLY_TTL = 120     -- a request in flight is forgotten after this long unless renewed
+local LAND_POLL = 0.1   -- how soon a window held back by requests in flight is asked again
+
+-- Requests in flight (reservation id scored by expiry; renewed by the workers' reads).
+local function flying(g, now, pure)
+  local F = g.key .. ':fly'
+  if pure then return redis.call('ZCOUNT', F, '(' .. fmt(now), '+inf') end
+  redis.call('ZREMRANGEBYSCORE', F, '-inf', fmt(now))
+  return redis.call('ZCARD', F)
+end
+
+local function track(g, rid, now)
+  local F = g.key .. ':fly'
+  redis.call('ZADD', F, fmt(now + FLY_TTL), rid)
+  redis.call('EXPIRE', F, FLY_TTL + 60)
+end
+
+local function untrack(G, rid)
+  redis.call('ZREM', G .. ':fly', rid)
+end
+
+-- When the window may be used again (+inf while its end is not known).
+local function fixed_reset(g, m)
+  local we = fl(g.f['we:' .. m.id], math.huge)
+  return we + math.max(0.001, fl(g.f['wk:' .. m.id], 0))
+end
+
+-- What is left, and the requests in flight that hold the rest back.
+local function fixed_avail(g, m, now, pure)
+  local f = flying(g, now, pure)
+  if now >= fixed_reset(g, m) then return m.count - f, f end
+  return fl(g.f['wl:' .. m.id], m.count) - f, f
+end
+
+local function fixed_roll(g, m, now)
+  if now >= fixed_reset(g, m) then
+    unset(g, 'we:' .. m.id)
+    unset(g, 'wk:' .. m.id)
+    set(g, 'wa:' .. m.id, '0')
+    set(g, 'wl:' .. m.id, tostring(m.count))
+  end
+end
+
+local function fixed_ready(g, m, cost, now, pure)
+  if cost <= 0 then return now end
+  if not pure then fixed_roll(g, m, now) end
+  local left, f = fixed_avail(g, m, now, pure)
+  if left >= cost then return now end
+  local reset = fixed_reset(g, m)
+  if left + f >= cost or reset == math.huge then
+    return now + LAND_POLL  -- held back by requests in flight: look again as they land
+  end
+  return reset
+end
+
+local function fixed_take(g, m, cost, now)
+  fixed_roll(g, m, now)
+  if cost > 0 and g.f['we:' .. m.id] == nil then
+    set(g, 'we:' .. m.id, fmt(now + m.seconds))  -- the window opens with its first request
+    set(g, 'wa:' .. m.id, '0')
+  end
+end
+
+local function fixed_reconcile(g, m, remaining, reset, slack, now)
+  if remaining == nil then  -- the answer said nothing of the window: its request counts
+    if now < fixed_reset(g, m) or fixed_reset(g, m) == math.huge then
+      set(g, 'wl:' .. m.id, tostring(fl(g.f['wl:' .. m.id], m.count) - 1))
+    end
+    return
+  end
+  if reset then
+    if reset + math.max(0.001, slack) <= now then return end  -- a window that is over
+    local tolerance = math.max(slack, math.min(1.5, m.seconds / 4))
+    local announced = g.f['wa:' .. m.id] == '1'
+    local we = fl(g.f['we:' .. m.id], -math.huge)
+    if announced and reset < we - tolerance then return end  -- from the window before
+    if not announced or reset > we + tolerance then
+      set(g, 'we:' .. m.id, fmt(reset))
+      set(g, 'wk:' .. m.id, fmt(slack))
+      set(g, 'wa:' .. m.id, '1')
+      set(g, 'wl:' .. m.id, tostring(remaining))
+      return
+    end
+  end
+  set(g, 'wl:' .. m.id, tostring(math.min(fl(g.f['wl:' .. m.id], m.count), remaining)))
+end
+
+local function fixed_exhaust(g, m, till)
+  set(g, 'wl:' .. m.id, '0')
+  if till ~= math.huge then
+    set(g, 'we:' .. m.id, fmt(math.max(fl(g.f['we:' .. m.id], -math.huge), till)))
+    set(g, 'wa:' .. m.id, '1')
   end
 end
 
@@ -360,32 +483,39 @@ end
 -- What the limiter shows and estimates from: the limits (when they changed since
 -- ``version``), each day meter's count and window, slots taken, the time the group would
 -- admit one more request of this cost. ``pure``: change nothing (not even drop what expired).
-local function view(g, now, version, requests, tokens, pure)
+local function view(g, now, version, c, pure)
   local spec = ''
   local v = g.f['v'] or ''
   if v ~= version then
     local parts = {}
     for _, m in ipairs(g.meters) do
       table.insert(parts, table.concat({m.id, m.count, fmt(m.seconds), m.burst, m.order,
-                                        m.learned, fmt(m.factor)}, '|'))
+                                        m.learned, fmt(m.factor), m.mode}, '|'))
     end
     spec = table.concat(parts, ';')
   end
-  local days, nxt = {}, now
+  local days, windows, nxt = {}, {}, now
   for _, m in ipairs(g.meters) do
     if m.kind == 'day' then
       table.insert(days, table.concat({m.id, fmt(fl(g.f['du:' .. m.id], 0)),
                                        g.f['ds:' .. m.id] or '', g.f['de:' .. m.id] or ''}, '|'))
-      nxt = math.max(nxt, day_ready(g, m, units(m, requests, tokens), now))
+      nxt = math.max(nxt, day_ready(g, m, units(m, c), now))
     elseif m.kind == 'gcra' then
-      nxt = math.max(nxt, gcra_ready(g, m, units(m, requests, tokens), now))
+      nxt = math.max(nxt, gcra_ready(g, m, units(m, c), now))
     elseif m.kind == 'tokens' then
       local list, w = buckets(g, m, now, pure)
-      nxt = math.max(nxt, tokens_ready(g, m, list, w, tokens, now))
+      nxt = math.max(nxt, tokens_ready(g, m, list, w, units(m, c), now))
+    elseif m.kind == 'fixed' then
+      local reset = fixed_reset(g, m)
+      local we = g.f['we:' .. m.id] or ''
+      if now >= reset then we, reset = '', math.huge end
+      local left, f = fixed_avail(g, m, now, pure)
+      table.insert(windows, table.concat({m.id, fmt(left), we, fmt(reset), f}, '|'))
     end
   end
   local conc = conc_meter(g)
   local flying = 0
   if conc then flying = in_flight(g, now, pure) end
-  return {v, spec, table.concat(days, ';'), tostring(flying), fmt(nxt)}
+  return {v, spec, table.concat(days, ';'), tostring(flying), fmt(nxt),
+          table.concat(windows, ';')}
 end

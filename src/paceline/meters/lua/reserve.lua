@@ -5,14 +5,14 @@
 --       none), reservation id (and epoch if it registers the group), floor (when the
 --       caller last heard the group would admit a request), horizon, requests, tokens,
 --       take a slot (1/0), slot lifetime, midnights, limits version the caller has, a name
---       for its configured meters
+--       for its configured meters, input tokens, output tokens
 -- Returns: status (ok, later, full, key), at, now, slot taken, epoch, registered again,
 --          key state, until, reason, meters reserved on, then the group's view.
 local G, K = KEYS[1], KEYS[2]
 local now = clock(ARGV[1])
 local reinit = ensure(G, ARGV[2], now, ARGV[3], ARGV[4], ARGV[5])
 local rid, horizon = ARGV[4], tonumber(ARGV[6])
-local requests, tokens = tonumber(ARGV[7]), tonumber(ARGV[8])
+local c = cost_of(ARGV[7], ARGV[8], ARGV[14], ARGV[15])
 local days = {}
 for _, d in ipairs(split(ARGV[11], ',')) do table.insert(days, tonumber(d)) end
 local g = load(G)
@@ -25,7 +25,7 @@ local state, till, reason = key_state(K, now)
 local function answer(status, at, slot, mids)
   local head = {status, fmt(at), fmt(now), slot, g.f['e'] or '', tostring(reinit), state,
                 fmt(till), reason, mids}
-  for _, x in ipairs(view(g, now, ARGV[12], requests, tokens, false)) do table.insert(head, x) end
+  for _, x in ipairs(view(g, now, ARGV[12], c, false)) do table.insert(head, x) end
   save(g)
   return head
 end
@@ -42,41 +42,47 @@ end
 -- requests held back do not go as a burst.
 local at = now
 if (state == 'cooling' or state == 'parked') and till > now then at = till end
-local day_later = false
-local lists = {}
+local later = false  -- a day not begun, or a fixed window not reset yet
 for _, m in ipairs(g.meters) do
   if m.kind == 'gcra' then
-    at = math.max(at, gcra_ready(g, m, units(m, requests, tokens), now))
+    at = math.max(at, gcra_ready(g, m, units(m, c), now))
   elseif m.kind == 'tokens' then
     local list, w = buckets(g, m, now, false)
-    lists[m.id] = {list, w}
-    at = math.max(at, tokens_ready(g, m, list, w, tokens, now))
-  elseif m.kind == 'day' then
-    day_roll(g, m, now, days)
-    local ready = day_ready(g, m, units(m, requests, tokens), now)
+    at = math.max(at, tokens_ready(g, m, list, w, units(m, c), now))
+  elseif m.kind == 'day' or m.kind == 'fixed' then
+    local ready
+    if m.kind == 'day' then
+      day_roll(g, m, now, days)
+      ready = day_ready(g, m, units(m, c), now)
+    else
+      ready = fixed_ready(g, m, units(m, c), now, false)
+    end
     if ready > now then
-      day_later = true
+      later = true
       at = math.max(at, ready)
     end
   end
 end
--- Far ahead, or in a day not begun: reserve nothing (a request counted today but sent
--- tomorrow would escape both days' counts).
-if at - now > horizon or day_later then return answer('later', at, '0', '') end
+-- Far ahead, or in a window not begun: reserve nothing (a request counted in this window
+-- but sent in the next would escape both windows' counts).
+if at - now > horizon or later then return answer('later', at, '0', '') end
 
 local mids = {}
 for _, m in ipairs(g.meters) do
+  local u = units(m, c)
   if m.kind == 'gcra' then
-    gcra_take(g, m, units(m, requests, tokens), at)
+    gcra_take(g, m, u, at)
   elseif m.kind == 'tokens' then
     -- the window's end moved on to ``at``: the buckets read at ``now`` still hold for it
-    tokens_take(g, m, tokens, at)
+    tokens_take(g, m, u, at)
   elseif m.kind == 'day' then
-    local u = units(m, requests, tokens)
     set(g, 'du:' .. m.id, fmt(fl(g.f['du:' .. m.id], 0) + u))
+  elseif m.kind == 'fixed' then
+    fixed_take(g, m, u, now)
   end
   if m.kind ~= 'conc' then table.insert(mids, m.id) end
 end
+track(g, rid, now)  -- in flight, for the fixed windows (learned ones too)
 local slot = '0'
 if conc and ARGV[9] == '1' and at <= now then
   local S = G .. ':slots'
