@@ -13,7 +13,8 @@ backoff) with ``paceline run`` as a real process, and:
 2. starts ``paceline run`` and, after a random time, stops it with the scenario's signal
    (``kill``: SIGKILL; ``term``: SIGTERM, the graceful stop; ``int2``: two SIGINTs, the
    second one at once), again and again, ``--kills`` times;
-3. runs the job once more to its end (faults still on: a clean run is one nobody kills);
+3. runs the job once more to its end (faults still on: a clean run is one nobody kills;
+   ``--calm-final`` ends outages and drops first);
 4. checks exactly once: every item of the source is ``done`` or ``failed`` with its error,
    nothing pending or running; the sink holds one row per done item and no other row, each
    row the right answer for its item (a JSONL sink: every line whole); ``paceline verify``
@@ -120,6 +121,7 @@ class Scenario:
     retries: int = 5
     backoff: tuple[float, float] = (1.0, 120.0)  # pl.Backoff(base, cap): the default
     grace: float = 5.0  # --grace of every run (term, int2)
+    faults_in_final: bool = True  # False: outages and drops end before the final run
     final_timeout: float = 900.0
 
     @property
@@ -290,6 +292,7 @@ class Faults:
             t.start()
 
     def stop(self) -> None:
+        """Stop injecting (again: harmless); returns once the provider answers."""
         self.stopping.set()
         for t in self.threads:
             t.join(30)
@@ -591,6 +594,8 @@ def run_scenario(s: Scenario, *, keep: bool = False, workdir: Path | None = None
         faults.start()
         try:
             kill_loop(job, s, r)
+            if not s.faults_in_final:
+                faults.stop()
             final_run(job, s, r)
         finally:
             faults.stop()
@@ -638,6 +643,9 @@ def main() -> None:
     )
     parser.add_argument("--retries", type=int, default=5, help="Job(retries=)")
     parser.add_argument("--grace", type=float, default=5.0, help="--grace of each run")
+    parser.add_argument(
+        "--calm-final", action="store_true", help="no outages or drops during the final run"
+    )
     parser.add_argument("--keep", action="store_true", help="keep folders and databases")
     parser.add_argument("--json", type=Path, help="write every report here")
     args = parser.parse_args()
@@ -667,6 +675,7 @@ def main() -> None:
             hang_rate=args.hang_rate, hang_seconds=args.hang_seconds,
             outage_seconds=args.outage_seconds, outage_every=args.outage_every,
             dbdrop_every=args.dbdrop_every, retries=args.retries, grace=args.grace,
+            faults_in_final=not args.calm_final,
         )  # fmt: skip
         if "dbdrop" in faults and not scenario.uses_postgres:
             scenario = replace(scenario, faults=faults - {"dbdrop"})

@@ -8,6 +8,7 @@ sink. The long runs and their figures are in RELIABILITY.md.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from benchmarks import chaos
-from tests.conftest import SimFactory, paceline_cmd
+from tests.conftest import SimFactory, paceline_cmd, run_cli
 
 FAST = {"hang_seconds": 2.0, "outage_seconds": 1.0, "outage_every": 4.0, "life": (0.6, 1.8)}
 
@@ -49,6 +50,8 @@ def test_kills_through_5xx_hangs_and_an_outage_leave_every_item_once(
         kills=4,
         items=300,
         seed=11,
+        # An outage as the last items run ends the run too soon today (the xfail below).
+        faults_in_final=False,
         **FAST,  # type: ignore[arg-type]
     )
     r = chaos.run_scenario(scenario, workdir=tmp_path)
@@ -129,3 +132,59 @@ def test_the_chaos_benchmark_runs_from_the_command_line(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "jsonl sink/sqlite store, int2 ×2, 5xx: OK" in out.stdout
     assert "| jsonl / sqlite | int2 | 5xx | 2/2 | 120 | 120 | 0 |" in out.stdout
+
+
+EARLY_JOB = """
+from pathlib import Path
+
+import paceline as pl
+
+HERE = Path(__file__).parent
+job = pl.Job(
+    "early",
+    source=pl.JSONL(HERE / "items.jsonl", id="id"),
+    sink=pl.JSONLSink(HERE / "out.jsonl"),
+    concurrency=32,
+    backoff=pl.Backoff(base=0.05, cap=0.2),
+)
+
+
+@job.task
+async def work(item, ctx):
+    body = {{"model": "m", "messages": [{{"role": "user", "content": item.id}}]}}
+    r = await ctx.http.post({url!r} + "/v1/chat/completions", json=body,
+                            headers={{"authorization": "Bearer sk-early-0001"}})
+    r.raise_for_status()
+    return {{"ok": True}}
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine (dispatch.py): a worker that took an item waits in circuit.admit() before "
+    "it counts as in flight; with every remaining item held so while the circuit is open, "
+    "the feeder sees nothing pending, queued or in flight and ends the run as finished; "
+    "probes that fail after that leave their items in 'retry', and the run exits 0",
+)
+def test_a_run_that_meets_an_outage_at_its_end_does_not_exit_0_with_items_left(
+    tmp_path: Path, sim_server: SimFactory
+) -> None:
+    sim = sim_server(latency="fixed:0.01")
+    (tmp_path / "items.jsonl").write_text("".join(f'{{"id": "i{n:03d}"}}\n' for n in range(20)))
+    job = tmp_path / "job.py"
+    job.write_text(EARLY_JOB.format(url=sim.url))
+    sim.outage(6.0)  # the provider is down as the run starts: every item meets it
+    out = subprocess.run(
+        paceline_cmd("run", job, "--progress", "none"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k != "PACELINE_STORE"},
+    )
+    status = json.loads(run_cli("status", job, "--json", cwd=tmp_path).stdout)
+    left = status["pending"] + status["running"]
+    # Today: exit 0, "finished", 17-18 done and 2-3 items left in 'retry'.
+    assert out.returncode != 0 or left == 0, (out.returncode, status["done"], left, out.stdout)
+    assert (status["done"], left) == (20, 0), out.stdout
