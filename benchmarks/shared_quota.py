@@ -11,18 +11,20 @@ in the same database) and the same four keys, side by side in two ways:
   scripts), so the four workers together keep to each key's limit;
 * ``local`` — no ``--limiter``: each worker has meters of its own and believes it has the
   whole pool to itself, so the four together ask up to four times the limit and learn the
-  rest from 429s.
+  rest from the answers (429s, and headers saying a key's window is spent).
 
 After a warm-up, over a steady window, the figures come from the simulator's own counters
 (``GET /_sim/stats`` read at the window's start and end; ``POST /_sim/reset`` is not used,
 since it would also empty the simulator's meters and hand out a fresh minute's quota in the
 middle of the run): OK answers per second ÷ the sum of the keys' limits, and 429s ÷
-requests received. The workers' own counts (requests in flight, workers each) are read from
-the store's ``workers`` table during the window.
+requests received; and the highest OK answers per second over 1 and 10 seconds of the
+whole run (warm-up included), ÷ the limit. The workers' own counts (requests in flight,
+workers each) are read from the store's ``workers`` table during the window. The window
+should span whole minutes: the simulator's limits are sliding one-minute windows.
 
     python benchmarks/shared_quota.py                      # both modes, ~4 minutes
     python benchmarks/shared_quota.py --repeat 3           # ~11 minutes
-    python benchmarks/shared_quota.py --modes redis --warmup 20 --window 30
+    python benchmarks/shared_quota.py --modes redis --warmup 20 --window 160
 """
 
 from __future__ import annotations
