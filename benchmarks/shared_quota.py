@@ -234,8 +234,9 @@ def measure(mode: str, s: Settings) -> Measurement:
         }  # fmt: skip
         env.pop("PACELINE_LIMITER", None)
         args = ["run", str(job), "--store", dsn, "--progress", "none", "--grace", str(STOP_GRACE)]
+        prefix = f"bench-shared-{uuid.uuid4().hex[:8]}:"
         if mode == "redis":
-            args += ["--limiter", f"{REDIS}?prefix=bench-shared-{uuid.uuid4().hex[:8]}:"]
+            args += ["--limiter", f"{REDIS}?prefix={prefix}"]
         procs = []
         try:
             for n in range(s.workers):
@@ -267,7 +268,21 @@ def measure(mode: str, s: Settings) -> Measurement:
                 tail = (folder / f"worker-{n}.log").read_text()[-600:]
                 m.notes.append(f"worker {n} exited {code}: {tail}")
         m.items = item_counts(dsn)
+    if mode == "redis":
+        forget(prefix)
     return m
+
+
+def forget(prefix: str) -> None:
+    """Delete the meters a measurement left in Redis (its own prefix only)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS)
+    try:
+        for name in client.scan_iter(match=f"{prefix}*", count=500):
+            client.delete(name)
+    finally:
+        client.close()
 
 
 def observe(m: Measurement, url: str, dsn: str, s: Settings) -> None:
