@@ -593,7 +593,10 @@ class Limiter(Generic[K]):
                     if not (_metered_fixed(lim) and (lim.fixed or window.fixed))
                 ]
                 for lim in smooth:
-                    self.backend.exhaust(group, meter_id(lim), window.reset_at)
+                    # A window said to be smooth (OpenAI's, Anthropic's) announces when it
+                    # is full again, not when it takes the next request.
+                    until = _next_room(lim, window, now) if window.fixed is False else None
+                    self.backend.exhaust(group, meter_id(lim), until or window.reset_at)
                 if not matching:
                     self._set_state(key, KeyState("cooling", window.reset_at))
 
@@ -664,6 +667,20 @@ def _used(held: Cost, feedback: Feedback) -> Cost:
         inputs if inputs is not None else held.input_tokens,
         outputs if outputs is not None else held.output_tokens,
     )
+
+
+def _next_room(limit: Limit, window: Window, now: float) -> float:
+    """When a smooth window announced as spent takes the next request.
+
+    Its reset (OpenAI's ``x-ratelimit-reset-*``, Anthropic's) is when it is back to *full*,
+    up to a whole window away; but a rolling or refilling window takes the next request
+    as soon as one unit frees: for requests, one interval of the rate. Tokens free as
+    they refill; a tenth of the window is a fair wait for the next request's share. A
+    429, if it comes, cools the key for its own ``retry-after``.
+    """
+    assert window.reset_at is not None
+    step = limit.seconds / limit.count if limit.unit == "requests" else limit.seconds / 10
+    return min(window.reset_at, now + step)
 
 
 def _same_window(limit: Limit, window: Window) -> bool:

@@ -62,6 +62,7 @@ class Dispatcher:
         self.workers: set[asyncio.Task[None]] = set()
         self.retiring = 0
         self.in_flight = 0
+        self.held = 0  # items workers took and wait to start (while the provider is down)
         self._next_promote = 0.0
         self.target = self.low_water = 0
 
@@ -101,7 +102,11 @@ class Dispatcher:
                 return
             if queue.qsize() < self.low_water:
                 self.state.progress.set()
-            await self.circuit.admit()  # while the provider fails for all: wait, or probe
+            self.held += 1  # taken, not yet started: the run is not over while any is
+            try:
+                await self.circuit.admit()  # while the provider fails for all: wait, or probe
+            finally:
+                self.held -= 1
             if self.state.interrupt.is_set():
                 return  # stopping: the item stays claimed and is handed back on close
             self.in_flight += 1
@@ -173,7 +178,7 @@ class Dispatcher:
             if promoted:
                 self.progress.move("retry", "pending", promoted)
                 continue
-            if self.in_flight or self.queue.qsize() or self.committer.waiting:
+            if self.in_flight or self.held or self.queue.qsize() or self.committer.waiting:
                 await self.wait_progress(0.5)
                 continue
             due = await io.call(store.next_due)

@@ -15,7 +15,11 @@ Routes (see each style module for the wire details):
 ``GET /repos/{owner}/{repo}[/commits|/languages]``     GitHub
 ``GET /rate_limit``                                    GitHub (does not count)
 ``GET /_sim/stats``, ``POST /_sim/reset``              for tests and benchmarks
+``POST /_sim/outage?seconds=S``                        go down for S seconds
 =====================================================  ==========================
+
+An outage needs the app served by :class:`~paceline.sim.SimServer` (it closes the listening
+socket): the server sets ``app.state.outage``; a bare app answers 501.
 
 >>> import httpx
 >>> from paceline.clock import FakeClock
@@ -26,12 +30,15 @@ Routes (see each style module for the wire details):
 
 from __future__ import annotations
 
+import asyncio
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -46,6 +53,8 @@ from paceline.sim.config import SimConfig
 from paceline.sim.limits import KeyMeter
 
 __all__ = ["create_app"]
+
+_CUT = "paceline-sim: cut by an outage"
 
 
 @dataclass(slots=True)
@@ -66,6 +75,8 @@ class _Simulator:
         self.config = config
         self.clock = clock
         self.tz = ZoneInfo(config.day_resets_tz)
+        # Requests waiting out their latency or hang, which an outage cuts short.
+        self.answering: set[asyncio.Task[object]] = set()
         self.reset()
 
     def reset(self) -> None:
@@ -74,6 +85,11 @@ class _Simulator:
         self.counts: dict[str, _Counts] = {}
         self.total = _Counts()
         self.rng = random.Random(self.config.seed)
+
+    def cut(self) -> None:
+        """End every answer under way unsent (their connections are cut by an outage)."""
+        for task in list(self.answering):
+            task.cancel(_CUT)
 
     def meter(self, key: str) -> KeyMeter:
         meter = self.meters.get(key)
@@ -128,11 +144,27 @@ class _Simulator:
     ) -> Response:
         config, rng, total = self.config, self.rng, self.total
         failed = config.error_rate > 0 and rng.random() < config.error_rate
-        if config.hang_rate > 0 and rng.random() < config.hang_rate:
-            await self.clock.sleep(config.hang_seconds)
-        delay = config.latency.sample(rng)
-        if delay > 0:
-            await self.clock.sleep(delay)
+        waiting = asyncio.current_task()
+        if waiting is not None:
+            self.answering.add(waiting)
+        try:
+            if config.hang_rate > 0 and rng.random() < config.hang_rate:
+                await self.clock.sleep(config.hang_seconds)
+            delay = config.latency.sample(rng)
+            if delay > 0:
+                await self.clock.sleep(delay)
+        except asyncio.CancelledError as exc:
+            if waiting is None or exc.args != (_CUT,):
+                raise  # a stop, not an outage
+            waiting.uncancel()
+            # The connection is gone: nobody reads this answer. Counted as an error, so
+            # requests = ok + rate_limited + errors still holds.
+            counts.errors += 1
+            total.errors += 1
+            return style.fault(503, headers)
+        finally:
+            if waiting is not None:
+                self.answering.discard(waiting)
         if failed:
             counts.errors += 1
             total.errors += 1
@@ -177,7 +209,10 @@ def create_app(config: SimConfig | None = None, clock: Clock = SYSTEM_CLOCK) -> 
     (``…`` and the last four characters): ``requests`` = ``ok`` + ``rate_limited`` +
     ``errors`` (bad keys, malformed requests, injected faults, GitHub 404s), and ``tokens``,
     the usage reported by successful answers. ``POST /_sim/reset`` forgets all of it, meters
-    included, and restarts the random sequence from the seed.
+    included, and restarts the random sequence from the seed. ``POST /_sim/outage?seconds=S``
+    (served by :class:`~paceline.sim.SimServer` only) answers 202, then the server refuses
+    connections for S seconds, cutting the requests in flight (counted as errors), and
+    serves again on the same port.
     """
     config = config or SimConfig()
     sim = _Simulator(config, clock)
@@ -199,6 +234,27 @@ def create_app(config: SimConfig | None = None, clock: Clock = SYSTEM_CLOCK) -> 
         sim.reset()
         return json_response({"reset": True})
 
+    async def outage(request: Request) -> Response:
+        go_down: Callable[[float], None] | None = getattr(request.app.state, "outage", None)
+        if go_down is None:
+            return json_response(
+                {"error": "an outage needs the simulator served by SimServer"}, 501
+            )
+        try:
+            seconds = float(request.query_params.get("seconds", ""))
+        except ValueError:
+            seconds = math.nan
+        if not (math.isfinite(seconds) and 0 <= seconds <= 3600):
+            return json_response({"error": "seconds must be a number from 0 to 3600"}, 422)
+
+        async def begin() -> None:
+            go_down(seconds)
+
+        response = json_response({"outage": seconds}, 202)
+        # After the answer is written: the outage cuts this connection too.
+        response.background = BackgroundTask(begin)
+        return response
+
     gh = endpoint(github)
     routes = [
         Route(
@@ -213,7 +269,10 @@ def create_app(config: SimConfig | None = None, clock: Clock = SYSTEM_CLOCK) -> 
         Route("/rate_limit", rate_limit, methods=["GET"]),
         Route("/_sim/stats", stats, methods=["GET"]),
         Route("/_sim/reset", reset, methods=["POST"]),
+        Route("/_sim/outage", outage, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.config = config
+    app.state.outage = None  # set by SimServer, which owns the listening socket
+    app.state.cut = sim.cut  # for SimServer: what an outage does to answers under way
     return app

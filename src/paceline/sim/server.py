@@ -9,12 +9,18 @@ no window for another process to take it, and :attr:`SimServer.url` is known at 
 200
 
 Inside a running loop, ``async with SimServer(config) as sim:`` serves as a task on that loop.
+
+:meth:`SimServer.outage` (or ``POST /_sim/outage?seconds=S``) takes the server down for a
+while, as a provider's outage does: the listening socket closes (a client gets "connection
+refused"), the connections open are cut, and after the outage a new socket listens on the
+same port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
 import socket
 import sys
@@ -34,6 +40,28 @@ __all__ = ["SimServer", "serve"]
 # cancelling them; short, because whoever stops a simulator no longer wants those answers.
 _GRACE_SECONDS = 1
 _START_TIMEOUT = 10.0
+# How often a server coming back from an outage tries its port again if it is busy.
+_REBIND_EVERY = 0.1
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port``, non-blocking; ``OSError`` with a readable
+    message when the address is taken."""
+    family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    # proto must say TCP: asyncio turns Nagle off (TCP_NODELAY) only on sockets that do,
+    # and with Nagle on, every answer waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, kind, socket.IPPROTO_TCP)
+    if sys.platform != "win32":
+        # Lets a fixed port be reused right after a restart (or an outage); on Windows the
+        # same option would let two servers share a port, so it stays off there.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise OSError(error.errno, f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.setblocking(False)
+    return sock
 
 
 class _Server(uvicorn.Server):
@@ -77,23 +105,10 @@ class SimServer:
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config or SimConfig()
+        self.clock = clock
         self.app = create_app(self.config, clock)
-        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        # proto must say TCP: asyncio turns Nagle off (TCP_NODELAY) only on sockets that do,
-        # and with Nagle on, every answer waits ~40 ms for a delayed ACK.
-        self._socket = socket.socket(family, kind, socket.IPPROTO_TCP)
-        if sys.platform != "win32":
-            # Lets a fixed port be reused right after a restart; on Windows the same option
-            # would let two servers share a port, so it stays off there.
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._socket.bind(address)
-        except OSError as error:
-            self._socket.close()
-            raise OSError(
-                error.errno, f"cannot listen on {host}:{port}: {error.strerror}"
-            ) from None
-        self._socket.setblocking(False)
+        self.app.state.outage = self.outage
+        self._socket = _bind(host, port)
         self.host = host
         self.port: int = self._socket.getsockname()[1]
         uv_config = uvicorn.Config(
@@ -113,6 +128,10 @@ class SimServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread_error: BaseException | None = None
+        self._outage: asyncio.Task[None] | None = None
+        self._back_at = 0.0  # monotonic time the outage under way ends
+        #: Outages begun so far (one that extends another counts once).
+        self.outages = 0
 
     @property
     def url(self) -> str:
@@ -127,6 +146,7 @@ class SimServer:
     async def __aenter__(self) -> SimServer:
         """Serve as a task on the running loop; returns once connections are accepted."""
         self._claim()
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         ready = asyncio.create_task(self._server.started_event.wait())
         await asyncio.wait(
@@ -148,8 +168,83 @@ class SimServer:
 
     async def _stop_task(self) -> None:
         self._server.stop_event.set()
+        if self._outage is not None:
+            self._outage.cancel()
         if self._task is not None:
             await self._task
+
+    # -- outages -------------------------------------------------------------------------
+
+    @property
+    def down(self) -> bool:
+        """Whether an outage is under way."""
+        return self._outage is not None and not self._outage.done()
+
+    def outage(self, seconds: float) -> None:
+        """Go down for ``seconds``, as a provider's outage does; returns at once.
+
+        The listening socket closes, so new connections are refused; the connections open
+        are cut, and the requests they carry end unanswered (counted as errors). After
+        ``seconds`` the server listens on the same port again. An outage called during
+        another one extends it. Callable from any thread while the server serves.
+        """
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"an outage lasts 0 seconds or more, not {seconds!r}")
+        loop = self._loop
+        if loop is None or loop.is_closed() or not self._server.started:
+            raise RuntimeError("the simulated provider is not serving")
+        try:
+            here = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            here = False
+        if here:
+            self._begin_outage(seconds)
+        else:
+            loop.call_soon_threadsafe(self._begin_outage, seconds)
+
+    def _begin_outage(self, seconds: float) -> None:
+        if self._server.stop_event.is_set():
+            return
+        self._back_at = max(self._back_at, self.clock.monotonic() + seconds)
+        if not self.down:
+            self.outages += 1
+            self._outage = asyncio.get_running_loop().create_task(self._go_down())
+
+    async def _go_down(self) -> None:
+        server = self._server
+        for listener in server.servers:
+            listener.close()
+        for connection in list(server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+        self.app.state.cut()
+        while (left := self._back_at - self.clock.monotonic()) > 0:
+            await self.clock.sleep(left)
+        while not server.stop_event.is_set():
+            try:
+                sock = _bind(self.host, self.port)
+            except OSError:  # someone took the port meanwhile: wait for it
+                await self.clock.sleep(_REBIND_EVERY)
+                continue
+            loop = asyncio.get_running_loop()
+            listener = await loop.create_server(
+                self._new_connection, sock=sock, backlog=server.config.backlog
+            )
+            server.servers = [listener]  # what uvicorn's shutdown closes
+            return
+
+    def _new_connection(self) -> asyncio.Protocol:
+        # What uvicorn's startup hands to create_server: a protocol sharing the server's
+        # state, so a stop still waits for (and then cancels) these connections.
+        server = self._server
+        # uvicorn types the class as a bare asyncio.Protocol; its own startup ignores it too.
+        protocol: asyncio.Protocol = server.config.http_protocol_class(  # type: ignore[call-arg]
+            config=server.config,
+            server_state=server.server_state,
+            app_state=server.lifespan.state,
+        )
+        return protocol
 
     def start(self) -> str:
         """Serve from a background thread with its own event loop; returns :attr:`url`."""
