@@ -491,7 +491,8 @@ class Limiter(Generic[K]):
             if feedback.scope in CONCURRENCY_SCOPES:
                 # Too many at once (GitHub's secondary limits): fewer in flight, not slower.
                 self.backend.throttle(group, lease.flying, self._now_arg(now))
-            else:
+            elif not self._at_known_edge(group, feedback.windows, now):
+                # A limit lower than the meters know (or shared with someone else): slower.
                 self.backend.slow_down(group, self._now_arg(now))
         elif verdict is Verdict.QUOTA_EXHAUSTED:
             key.rate_limited += 1
@@ -599,6 +600,21 @@ class Limiter(Generic[K]):
                     self.backend.exhaust(group, meter_id(lim), until or window.reset_at)
                 if not matching:
                     self._set_state(key, KeyState("cooling", window.reset_at))
+
+    def _at_known_edge(self, group: str, windows: Sequence[Window], now: float) -> bool:
+        """Whether a 429 comes from a window the meters know at the provider's count, just
+        spent (a request at the window's very edge): the limit is right, nothing to slow."""
+        spent = [w for w in windows if w.remaining == 0 and w.limit]
+        if not spent:
+            return False
+        limits = self.backend.view(group, now).limits
+        return all(
+            any(
+                lim.unit == _unit(w) and lim.count <= (w.limit or 0) and _same_window(lim, w)
+                for lim in limits
+            )
+            for w in spent
+        )
 
     def _seed(self, lease: Lease[K], window: Window, limit: Limit) -> float:
         """What a window learned now has spent already: what the provider counted, and

@@ -290,6 +290,33 @@ async def test_a_429_cools_that_key_only_and_slows_its_request_meters(
     assert min(run.times(a)) == pytest.approx(T0 + 10)
 
 
+async def test_a_429_at_the_edge_of_a_window_the_meters_know_does_not_slow_them(
+    clock: FakeClock,
+) -> None:
+    # The provider counts the same 60 a minute the meter does; a request at the very edge
+    # of its sliding minute drew a 429 saying so: the limit is right, the pace stays.
+    pool = KeyPool(names(1), rpm=60, clock=clock)
+    bound(pool, clock)
+    (meter,) = pool.keys[0].group.gcra
+    lease = await pool.acquire()
+    edge = window(limit=60, remaining=0, reset_at=T0 + 1, period=60.0)
+    pool.settle(lease, Feedback(Verdict.RATE_LIMITED, T0 + 1, (edge,), scope="minute"))
+    pool.release(lease)
+    assert pool.keys[0].state == "cooling"
+    assert meter.factor == 1
+    clock.advance(5)
+    lease = await pool.acquire()
+    lower = window(limit=50, remaining=0, reset_at=T0 + 6, period=60.0)  # a lower limit
+    pool.settle(lease, Feedback(Verdict.RATE_LIMITED, T0 + 6, (lower,), scope="minute"))
+    pool.release(lease)
+    assert pool.keys[0].group.gcra[0].limit.count == 50  # believed, and...
+    clock.advance(10)
+    lease = await pool.acquire()
+    pool.settle(lease, rate_limited(clock.time() + 1))  # ...a 429 nothing explains slows
+    pool.release(lease)
+    assert pool.keys[0].group.gcra[0].factor < 1
+
+
 async def test_a_slowed_key_recovers_its_rate_over_time(clock: FakeClock) -> None:
     pool = KeyPool(names(1), rpm=60, clock=clock)
     (meter,) = pool.keys[0].group.gcra
