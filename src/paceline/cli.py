@@ -32,6 +32,7 @@ from .report import (
     summary_text,
 )
 from .status import dry_run, job_status
+from .store import is_postgres
 
 __all__ = ["cli", "main"]
 
@@ -283,6 +284,31 @@ def _notify_failure(url: str, job: str, jobfile: Path, exc: Exception) -> None:
     code = EXIT_USAGE if isinstance(exc, PacelineError) else 1
     post(url, {"event": "run failed", "job": job, "jobfile": str(jobfile),
                "exit_code": code, "error": error, "finished_at": time.time()})  # fmt: skip
+
+
+def _worker(**options: Any) -> int:
+    """``paceline worker``: ``run``, on a store many workers share."""
+    job = load_job(options["jobfile"])
+    if not is_postgres(job.store_target(options["store"])):
+        raise click.UsageError(
+            "a worker joins a job whose store is shared: give it a PostgreSQL store "
+            "(--store postgresql://…, PACELINE_STORE or Job(store=...)); a SQLite store "
+            "holds one run at a time (use `paceline run`)"
+        )
+    code: int = run.callback(**options)  # type: ignore[misc]
+    return code
+
+
+cli.add_command(
+    click.Command(
+        "worker",
+        params=list(run.params),
+        callback=_worker,
+        help="Join the job as one more worker: `run` on a PostgreSQL store (shared by "
+        "workers on any number of machines; with --limiter redis://… they share the keys' "
+        "quotas too).",
+    )
+)
 
 
 def dry_run_report(job: Any, store: str | None) -> str:

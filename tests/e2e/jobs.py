@@ -146,10 +146,12 @@ def write_shared_keys_job(folder: Path, items: int, *, rpm: int) -> Path:
     return job
 
 
-def start_worker(job: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+def start_worker(
+    job: Path, env: dict[str, str], *args: str, command: str = "run"
+) -> subprocess.Popen[str]:
     """``paceline run JOB`` as a worker process of its own (no terminal, no stdin)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "paceline", "run", str(job), "--progress", "none", *args],
+        [sys.executable, "-m", "paceline", command, str(job), "--progress", "none", *args],
         cwd=job.parent,
         env=env,
         stdin=subprocess.DEVNULL,

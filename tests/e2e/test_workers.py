@@ -142,3 +142,14 @@ def test_a_jsonl_sink_is_refused_when_a_second_worker_joins(
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=30)
+
+
+def test_paceline_worker_joins_a_shared_job_and_refuses_a_sqlite_store(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    job = write_worker_job(tmp_path, 400, concurrency=4, latency=(0.005, 0.01))
+    finish_workers([start_worker(job, env, command="worker") for _ in range(2)])
+    assert status(job, env)["done"] == 400
+    alone = {k: v for k, v in env.items() if k != "PACELINE_STORE"}
+    refused = run_cli("worker", job, cwd=tmp_path, env=alone)
+    assert refused.returncode == 2 and "PostgreSQL store" in refused.stderr
