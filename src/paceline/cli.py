@@ -32,7 +32,7 @@ from .report import (
     summary_text,
 )
 from .status import dry_run, job_status
-from .store import is_postgres
+from .store import is_invalid_id, is_postgres
 
 __all__ = ["cli", "main"]
 
@@ -560,9 +560,14 @@ def expedite(jobfile: Path, ids: tuple[str, ...], store: str | None, again: bool
             )
         elif status == "running":
             click.echo(f"{item_id}: in flight now")
+        elif is_invalid_id(item_id):
+            click.echo(
+                f"{item_id}: an invalid source line, nothing to run; fix the line, then "
+                f"`paceline retry {jobfile} --invalid` reads it again"
+            )
         else:
             click.echo(f"{item_id}: expedited (was {status})")
-    return 0 if all(i in before for i in ids) else 1
+    return 0 if all(i in before and not is_invalid_id(i) for i in ids) else 1
 
 
 @cli.command()

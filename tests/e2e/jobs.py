@@ -38,8 +38,11 @@ async def work(item, ctx):
 KEYS = ["sk-test-aaaaaaaaaaaaaaaa0001", "sk-test-bbbbbbbbbbbbbbbb0002"]
 
 
-def write_sim_job(folder: Path, items: int, *, sink: str = "jsonl", concurrency: int = 8) -> Path:
-    """Write items.jsonl and job.py into ``folder``; returns the job file."""
+def write_sim_job(
+    folder: Path, items: int, *, sink: str = "jsonl", concurrency: int | None = 8
+) -> Path:
+    """Write items.jsonl and job.py into ``folder``; returns the job file (``concurrency``
+    None: automatic)."""
     with (folder / "items.jsonl").open("w") as f:
         for n in range(items):
             f.write(f'{{"id": "it-{n:05d}", "n": {n}, "text": "words of item {n}"}}\n')

@@ -166,3 +166,14 @@ def test_the_demo_continues_when_run_again_and_writes_a_job_file(tmp_path: Path)
     assert (status["done"], status["total"]) == (10, 10)
     keys = run_cli("keys", folder / "job.py")
     assert keys.returncode == 0 and "…" in keys.stdout
+
+
+def test_expedite_of_an_invalid_line_says_how_to_read_it_again(job: Path) -> None:
+    run_cli("run", job, "--progress", "none")
+    before = json.loads(run_cli("status", job, "--json").stdout)
+    told = run_cli("expedite", job, "@line:6")
+    assert told.returncode == 1
+    assert "invalid source line" in told.stdout and "retry" in told.stdout
+    assert "--invalid" in told.stdout
+    after = json.loads(run_cli("status", job, "--json").stdout)
+    assert (after["failed"], after["pending"]) == (before["failed"], 0)

@@ -74,6 +74,27 @@ def test_first_signal_lets_in_flight_items_finish_then_exits_130(
 
 
 @pytest.mark.slow
+def test_a_graceful_stop_with_automatic_concurrency_ends_once_in_flight_items_do(
+    tmp_path: Path, sim_server: SimFactory
+) -> None:
+    # The autoscaler adds workers while the run goes; one added as the stop begins must
+    # not take another worker's end mark (that worker then waited out the whole grace).
+    sim = sim_server(latency="lognormal:0.25,0.4")
+    job = write_sim_job(tmp_path, 5000, concurrency=None)
+    for _ in range(3):
+        proc = _start(job, sim.url)
+        _wait_for_in_flight(job)
+        time.sleep(2.0)  # long enough for the autoscaler to grow the workers
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert time.monotonic() - started < 10, "the stop waited out the grace"
+    status = json.loads(run_cli("status", job, "--json", cwd=tmp_path).stdout)
+    assert status["running"] == 0 and 0 < status["done"] < 5000
+
+
+@pytest.mark.slow
 def test_second_sigint_stops_at_once_and_the_next_run_finishes_cleanly(
     tmp_path: Path, sim_server: SimFactory
 ) -> None:

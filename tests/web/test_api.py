@@ -59,6 +59,13 @@ def test_an_uploaded_csv_runs_to_the_end_and_status_is_the_clis(
     assert bad["error"] == "line 4: expected 3 fields, found 6"
     assert failures["kinds"] == {"invalid line: expected 3 fields, found 6": 1}
 
+    # An invalid line has nothing to run: retrying or expediting it alone says so.
+    r = web.client.post("/api/jobs/accounts/retry", json={"ids": ["@line:4"]})
+    assert (r.json()["put_back"], r.json()["invalid"]) == (0, ["@line:4"])
+    r = web.client.post("/api/jobs/accounts/expedite", json={"ids": ["@line:4"]})
+    assert r.json()["invalid"] == ["@line:4"]
+    assert status(web.client, "accounts")["failed"] == 1
+
 
 def test_a_second_upload_adds_its_new_ids_and_the_same_file_adds_nothing(
     tmp_path: Path, sim_server: SimFactory, serve: ServeFactory
@@ -183,6 +190,7 @@ def test_retry_and_expedite_put_failed_items_back(
         "put_back": 1,
         "not_failed": {"a3": "done"},
         "unknown": ["zz"],
+        "invalid": [],
     }
     assert status(web.client, "accounts")["failed"] == 2
 

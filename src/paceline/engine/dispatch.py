@@ -61,6 +61,7 @@ class Dispatcher:
         self.urgent: deque[Item] = deque()  # expedited items, taken before the queue
         self.workers: set[asyncio.Task[None]] = set()
         self.retiring = 0
+        self.closing = False  # shutting down: no worker is added (each would take an end mark)
         self.in_flight = 0
         self.held = 0  # items workers took and wait to start (while the provider is down)
         self._next_promote = 0.0
@@ -82,6 +83,8 @@ class Dispatcher:
         self.low_water = self.target // 2
 
     def spawn(self, n: int) -> None:
+        if self.closing:
+            return
         for _ in range(n):
             task = asyncio.create_task(self._work())
             self.workers.add(task)
@@ -257,6 +260,7 @@ class Dispatcher:
         a second signal or a fatal error."""
         loop = asyncio.get_running_loop()
         state = self.state
+        self.closing = True
         hard = asyncio.create_task(state.hard_stop.wait())
         interrupt = asyncio.create_task(state.interrupt.wait())
         remaining: set[asyncio.Task[Any]] = set(self.workers)

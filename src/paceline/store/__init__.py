@@ -20,6 +20,7 @@ from .records import (
     StoredItem,
     WorkerInfo,
     invalid_id,
+    is_invalid_id,
 )
 from .sqlite import SQLiteStore
 
@@ -40,6 +41,7 @@ __all__ = [
     "WorkerInfo",
     "describe_target",
     "invalid_id",
+    "is_invalid_id",
     "is_postgres",
     "open_store",
     "store_exists",

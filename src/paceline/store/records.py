@@ -21,6 +21,7 @@ __all__ = [
     "StoredItem",
     "WorkerInfo",
     "invalid_id",
+    "is_invalid_id",
 ]
 
 #: The priority an expedited item gets: above any a job's ``priority`` gives.
@@ -30,6 +31,12 @@ EXPEDITED = 1e15
 def invalid_id(line: int) -> str:
     """The id given to a source line that is not a valid item."""
     return f"@line:{line}"
+
+
+def is_invalid_id(item_id: str) -> bool:
+    """Whether ``item_id`` names an invalid source line (an item with nothing to run:
+    expediting or retrying it alone does nothing; ``retry --invalid`` reads it again)."""
+    return item_id.startswith("@line:") and item_id[6:].isdigit()
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 from paceline import ops
 from paceline.errors import ConfigError, JobAlreadyRunning, PacelineError
 from paceline.status import job_status
+from paceline.store import is_invalid_id
 
 from .auth import Guard
 from .events import Hub
@@ -191,12 +192,21 @@ class Retried(BaseModel):
     invalid_left: int | None = None
     not_failed: dict[str, str] = Field(default_factory=dict)
     unknown: list[str] = Field(default_factory=list)
+    invalid: list[str] = Field(
+        default_factory=list,
+        description="Invalid source lines among the ids: nothing to run, so not put back "
+        "(fix the lines, then retry with invalid=true to read them again).",
+    )
 
 
 class Expedited(BaseModel):
     job: str
     before: dict[str, str | None] = Field(
         description="Each id's status before (null: not in the store)."
+    )
+    invalid: list[str] = Field(
+        default_factory=list,
+        description="Invalid source lines among the ids: nothing to run, left as they are.",
     )
 
 
@@ -375,6 +385,8 @@ async def retry_job(
     if body.ids is not None:
         known = await asyncio.to_thread(ops.statuses, entry.job, body.ids)
         failed = [i for i in body.ids if known.get(i) == "failed"]
+        invalid = [i for i in failed if is_invalid_id(i)]
+        failed = [i for i in failed if not is_invalid_id(i)]
         if failed:
             await asyncio.to_thread(ops.expedite, entry.job, failed)
         answer: dict[str, Any] = {
@@ -382,6 +394,7 @@ async def retry_job(
             "put_back": len(failed),
             "not_failed": {i: s for i, s in known.items() if s != "failed"},
             "unknown": [i for i in body.ids if i not in known],
+            "invalid": invalid,
         }
     else:
         result = await asyncio.to_thread(ops.retry, entry.job, invalid=body.invalid)
@@ -401,7 +414,10 @@ async def expedite_job(name: str, request: Request, body: Ids) -> JSONResponse:
     entry = dash.entry(name)
     before = await asyncio.to_thread(ops.expedite, entry.job, body.ids)
     dash.hub.poke(name)
-    return JSONResponse({"job": name, "before": {i: before.get(i) for i in body.ids}})
+    invalid = [i for i in body.ids if i in before and is_invalid_id(i)]
+    return JSONResponse(
+        {"job": name, "before": {i: before.get(i) for i in body.ids}, "invalid": invalid}
+    )
 
 
 @router.get(

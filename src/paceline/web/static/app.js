@@ -259,7 +259,9 @@ function jobPage() {
     const ids = input.value.split(/[\s,]+/).filter(Boolean);
     try {
       const r = await call("POST", base + "/expedite", { ids });
-      showMessage(ids.map((i) => `${i}: ${describeBefore(r.before[i])}`).join(" · "));
+      showMessage(ids.map((i) => `${i}: ${(r.invalid || []).includes(i)
+        ? "an invalid line, nothing to run (fix it in the file)"
+        : describeBefore(r.before[i])}`).join(" · "));
       input.value = "";
     } catch (err) {
       showMessage(err.message, true);
@@ -272,7 +274,9 @@ function jobPage() {
       const running = last && last.state === "running";
       showMessage(r.put_back
         ? `${id} put back first in line` + (running ? "" : ": start a run to process it")
-        : `${id} is not failed (${r.not_failed[id] || "unknown"})`);
+        : (r.invalid || []).includes(id)
+          ? `${id} is an invalid line, nothing to run: fix it in the file`
+          : `${id} is not failed (${r.not_failed[id] || "unknown"})`);
       loadFailures();
     } catch (err) {
       showMessage(err.message, true);
