@@ -95,6 +95,22 @@ def test_a_graceful_stop_with_automatic_concurrency_ends_once_in_flight_items_do
 
 
 @pytest.mark.slow
+def test_a_run_stopped_by_max_items_with_automatic_concurrency_exits(
+    tmp_path: Path, sim_server: SimFactory
+) -> None:
+    sim = sim_server(latency="uniform:0.05,0.2")
+    job = write_sim_job(tmp_path, 5000, concurrency=None)
+    job.write_text(job.read_text().replace("pl.KeyPool(", "pl.KeyPool(rpm=6000, keys="))
+    for n in range(1, 4):
+        proc = _start(job, sim.url, "--max-items", "600", "--progress", "none")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "--max-items" in out
+        status = json.loads(run_cli("status", job, "--json", cwd=tmp_path).stdout)
+        assert status["done"] == 600 * n
+
+
+@pytest.mark.slow
 def test_second_sigint_stops_at_once_and_the_next_run_finishes_cleanly(
     tmp_path: Path, sim_server: SimFactory
 ) -> None:
