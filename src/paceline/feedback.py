@@ -331,7 +331,10 @@ def _judge_github(a: _Answer) -> _Judgement | None:
 
 
 def _judge_status(a: _Answer) -> _Judgement:
-    if a.status == 429:
+    # Some APIs answer a spent window with 403 (GitHub did, and its imitators do): the
+    # headers saying nothing is left make it a limit, not a refusal of the request.
+    spent_403 = a.status == 403 and any(w.remaining == 0 for w in a.windows)
+    if a.status == 429 or spent_403:
         # Without Retry-After, the announced windows say when the spent one is full again.
         spent = [w for w in a.windows if w.remaining == 0 and w.reset_at is not None]
         latest = max(spent, key=lambda w: w.reset_at or 0.0, default=None)

@@ -491,6 +491,18 @@ def test_github_403_that_is_no_limit_fails_the_request_not_the_token() -> None:
     assert (fb.verdict, fb.retry_at, fb.reason) == (Verdict.OK, None, None)
 
 
+@pytest.mark.parametrize("reset", [str(int(NOW) + 5), str(int(NOW * 1000) + 5000)])
+def test_a_403_whose_window_is_spent_is_a_limit_whoever_sends_it(reset: str) -> None:
+    # No GitHub marker: an API imitating GitHub's headers (reset in epoch s or ms).
+    headers = {"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "0",
+               "x-ratelimit-reset": reset}  # fmt: skip
+    fb = read(403, headers, {"message": "Forbidden"})
+    assert fb.verdict in (Verdict.RATE_LIMITED, Verdict.QUOTA_EXHAUSTED)
+    assert fb.retry_at == pytest.approx(NOW + 5)
+    left = read(403, {**headers, "x-ratelimit-remaining": "7"}, {"message": "Forbidden"})
+    assert left.verdict is Verdict.OK  # room left: the request itself was refused
+
+
 # -- Gemini ---------------------------------------------------------------------------------
 
 
