@@ -27,7 +27,7 @@ from .keys import KeyPool
 from .retry import Backoff
 from .sinks import Batch, Sink, as_sink
 from .sources import IterableSource, Source, as_source
-from .store import is_postgres
+from .store import check_target, is_postgres
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -136,6 +136,9 @@ class Job:
         """Where the job's state is: ``store`` if given (a path relative to the current
         folder), else the job's own ``store`` (relative to the job file's folder), else
         ``.paceline/<job>.db`` beside the job file. A ``postgresql://`` DSN stays a str."""
+        for given in (store, self.store):
+            if given is not None:
+                check_target(given)
         if store is not None:
             return store if isinstance(store, str) and is_postgres(store) else Path(store)
         if self.store is None:

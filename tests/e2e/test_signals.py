@@ -87,7 +87,7 @@ def test_a_graceful_stop_with_automatic_concurrency_ends_once_in_flight_items_do
         time.sleep(2.0)  # long enough for the autoscaler to grow the workers
         proc.send_signal(signal.SIGINT)
         started = time.monotonic()
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
         assert time.monotonic() - started < 10, "the stop waited out the grace"
     status = json.loads(run_cli("status", job, "--json", cwd=tmp_path).stdout)

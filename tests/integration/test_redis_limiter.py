@@ -203,3 +203,17 @@ async def test_redis_restarting_midway_pauses_the_workers_without_a_burst(
     for worker in (a, b):  # once, and only from a worker that found Redis gone
         expected = ["limiter: Redis unreachable, waiting", "limiter: meters reachable again"]
         assert worker.events in ([], expected) if outage < 1 else worker.events == expected
+
+
+async def test_a_redis_that_refuses_the_url_is_a_configuration_error(redis_url: Any) -> None:
+    # A database Redis does not have: said when the run starts, not as a failure of
+    # every item.
+    from urllib.parse import urlsplit
+
+    from paceline.errors import ConfigError
+
+    parts = urlsplit(redis_url.url)
+    backend = open_meter_backend(parts._replace(path="/999").geturl(), prefix=redis_url.prefix)
+    with pytest.raises(ConfigError, match="DB index"):
+        await backend.start()
+    await backend.aclose()

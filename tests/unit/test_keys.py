@@ -342,6 +342,20 @@ def test_an_unknown_meter_backend_is_one_line_without_its_password() -> None:
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis://127.0.0.1:6379/0?prefix=p&foo=bar", "foo"),
+        ("redis://127.0.0.1:6379/abc", "must be a number"),
+    ],
+)
+def test_a_limiter_url_with_a_mistake_is_refused_before_the_run(url: str, said: str) -> None:
+    from paceline.meters import open_meter_backend
+
+    with pytest.raises(ConfigError, match=said):
+        open_meter_backend(url)
+
+
 def test_the_redis_meters_need_the_redis_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 

@@ -185,3 +185,18 @@ def test_a_busy_run_on_this_host_holds_the_job_while_its_process_lives(
     first.register_worker("run-1", NOW, STALE_AFTER)  # this very (live) process
     with pytest.raises(JobAlreadyRunning):
         second.register_worker("run-2", NOW + 10 * STALE_AFTER, STALE_AFTER)
+
+
+@pytest.mark.parametrize("target", ["mysql://app:hunter2@db/jobs", "redis://127.0.0.1:6379/0"])
+def test_a_store_url_of_another_kind_is_refused_not_made_into_folders(
+    tmp_path: Path, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paceline.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    from paceline.store import open_store
+
+    with pytest.raises(ConfigError, match="SQLite path or a postgresql:// DSN") as info:
+        open_store(target, "job")
+    assert "hunter2" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []

@@ -85,7 +85,10 @@ def open_meter_backend(
         prefix = named[-1]
         rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "prefix"])
         url = urllib.parse.urlunsplit(parts._replace(query=rest))
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise ConfigError(f"limiter URL: the database must be a number, not {database!r}")
     try:
         return RedisBackend.from_url(url, prefix=prefix, clock=clock)
-    except ValueError as exc:  # redis-py's word on a malformed URL (no secret in it)
+    except (ValueError, TypeError) as exc:  # redis-py's word on a malformed URL or option
         raise ConfigError(f"limiter URL: {str(exc).splitlines()[0]}") from None

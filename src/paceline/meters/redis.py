@@ -42,12 +42,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from paceline.clock import SYSTEM_CLOCK, Clock
-from paceline.errors import MetersUnavailable
+from paceline.errors import ConfigError, MetersUnavailable
 from paceline.limits import Cost, Limit, Unit, day_start, default_burst, next_day_start, zone
 
 from .protocol import (
@@ -228,6 +228,8 @@ class RedisBackend:
             # reservation sent twice would be taken twice. The limiter retries the rest.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
+        # An unknown option in the URL fails here, not on every request of the run.
+        client.connection_pool.make_connection()  # type: ignore[no-untyped-call]  # redis-py
         return cls(client, prefix=prefix, clock=clock)
 
     @property
@@ -263,6 +265,14 @@ class RedisBackend:
             self._groups[spec.id] = _Group(spec, zone(spec.tz), key, arg, name, meters)
 
     async def start(self) -> None:
+        # A Redis that answers but refuses us (no such database, a wrong password) is a
+        # mistake in the URL: said at once. One that does not answer yet is waited for.
+        try:
+            await self._redis.ping()
+        except (AuthenticationError, ResponseError) as exc:
+            raise ConfigError(f"limiter: Redis refused: {str(exc).splitlines()[0]}") from None
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            pass
         self._ensure_flusher()
 
     async def aclose(self) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from paceline.errors import ConfigError
+
 from .protocol import Budget, RowWriter, Store, StoreReader
 from .records import (
     EXPEDITED,
@@ -39,6 +41,7 @@ __all__ = [
     "StoreReader",
     "StoredItem",
     "WorkerInfo",
+    "check_target",
     "describe_target",
     "invalid_id",
     "is_invalid_id",
@@ -64,8 +67,18 @@ def describe_target(target: StoreTarget) -> str:
     return str(target)
 
 
+def check_target(target: StoreTarget) -> None:
+    """Refuse a URL of another kind than PostgreSQL's: a mistake, not a SQLite path (it
+    would become folders)."""
+    text = str(target)
+    if "://" in text and not is_postgres(text):
+        scheme = text.split("://", 1)[0]
+        raise ConfigError(f"store {scheme}://…: use a SQLite path or a postgresql:// DSN")
+
+
 def store_exists(target: StoreTarget) -> bool:
     """Whether a SQLite store file exists (a PostgreSQL store is asked when opened)."""
+    check_target(target)
     return True if is_postgres(target) else Path(target).exists()
 
 
@@ -75,6 +88,7 @@ def open_store(target: StoreTarget, job: str, *, readonly: bool = False) -> Stor
     Read-only opening of a store that does not exist raises
     :class:`~paceline.errors.StoreError` ("the job has not run yet").
     """
+    check_target(target)
     if is_postgres(target):
         from .postgres import PostgresStore
 
