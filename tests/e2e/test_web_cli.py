@@ -52,6 +52,7 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
         result = run_cli("serve", tmp_path / "a", "--port", str(port))
     assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}")
     assert_one_line_error(run_cli("serve", tmp_path / "a", "--notify", "ftp://x"), "--notify")
+    assert_one_line_error(run_cli("serve", tmp_path / "a", "--token", " "), "token is blank")
 
 
 def test_serve_prints_its_url_and_stops_on_ctrl_c_with_a_page_open(tmp_path: Path) -> None:

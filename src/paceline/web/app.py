@@ -144,7 +144,11 @@ class Server:
     (:meth:`run`) or on a background thread (``with Server(...)``, for tests)."""
 
     def __init__(self, app: App, host: str, port: int) -> None:
-        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        try:
+            found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:  # gaierror: no such host or address
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
+        family, kind, _, _, address = found[0]
         self._socket = socket.socket(family, kind, socket.IPPROTO_TCP)
         if sys.platform != "win32":
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -218,6 +222,8 @@ def serve(
     warn: Callable[[str], None] = print,
 ) -> None:
     """``paceline serve``: load the jobs, check the token rule, serve until Ctrl+C."""
+    if token is not None and (not token.strip() or token != token.strip()):
+        raise ConfigError("the token is blank or has spaces around it: no request could send it")
     loopback = is_loopback(host)
     if not loopback and not token:
         raise ConfigError(

@@ -72,9 +72,7 @@ class Launcher:
             cmd.append("--sequential")
         elif concurrency is not None:
             cmd += ["--concurrency", str(concurrency)]
-        if self.notify:
-            cmd += ["--notify", self.notify]
-        return cmd
+        return cmd  # --notify goes by the environment: a webhook's path is often its secret
 
     def start(
         self, entry: JobEntry, *, sequential: bool = False, concurrency: int | None = None
@@ -94,6 +92,9 @@ class Launcher:
         # The run uses the job's own store, and has no use for serve's token.
         env = {k: v for k, v in os.environ.items() if k not in ("PACELINE_STORE", "PACELINE_TOKEN")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.pop("PACELINE_NOTIFY", None)
+        if self.notify:
+            env["PACELINE_NOTIFY"] = self.notify
         with log.open("ab") as out:
             out.write(f"$ {' '.join(cmd)}\n".encode())
             out.flush()
