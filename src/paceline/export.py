@@ -88,7 +88,9 @@ def export_lines(
     try:
         fields = list(rows.fields)
         if fmt == "csv":
-            yield _csv_line([*BASE_FIELDS, *fields])
+            # A result field named like an item's own column is told apart: result.status.
+            named = [f"result.{f}" if f in BASE_FIELDS else f for f in fields]
+            yield _csv_line([*BASE_FIELDS, *named])
         stream = items(job, store, statuses=statuses)
         while batch := list(itertools.islice(stream, 1000)):
             results = rows.get([i.id for i in batch])
@@ -116,5 +118,7 @@ def _csv_line(values: Sequence[Any]) -> str:
         "" if v is None else (json.dumps(v, default=str) if isinstance(v, (dict, list)) else v)
         for v in values
     ]
-    csv.writer(out, lineterminator="").writerow(cells)
-    return out.getvalue()
+    # Quoting follows the line terminator's characters: with "\r\n", a value holding a
+    # line break is quoted (it stays one record); the caller ends the line.
+    csv.writer(out, lineterminator="\r\n").writerow(cells)
+    return out.getvalue()[:-2]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import ConfigError
+from .errors import ConfigError, SinkError
 
 __all__ = ["Batch", "BatchSizer", "CallableSink", "JSONLSink", "SQLiteSink", "Sink", "as_sink"]
 
@@ -116,6 +116,14 @@ class SQLiteSink:
 
     def open(self, state: str | None) -> str | None:
         # Connected on the first write: a run that fails to start leaves no empty file.
+        # A file already there is looked at now: one that is no database stops the run
+        # before any item is spent on it.
+        if self.path.exists():
+            try:
+                self._connect()
+            except sqlite3.DatabaseError as exc:
+                self.close()
+                raise SinkError(f"{self.describe()}: {exc}") from None
         return None
 
     def _connect(self) -> sqlite3.Connection:

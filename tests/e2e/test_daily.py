@@ -95,6 +95,24 @@ def test_export_streams_items_with_their_result_rows(job: Path, tmp_path: Path) 
     assert again.returncode == 2 and "exists" in again.stderr  # never overwritten
 
 
+def test_csv_export_keeps_line_breaks_in_one_cell_and_names_clashing_fields_apart(
+    job: Path,
+) -> None:
+    job.write_text(
+        JOB.replace(
+            'return {"double": item.data["n"] * 2, "tag": "t" + str(item.data["n"])}',
+            'return {"status": "ok", "note": "two\\nlines, quoted"}',
+        )
+    )
+    run_cli("run", job, "--progress", "none")
+    result = run_cli("export", job, "--format", "csv", "--status", "done")
+    table = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(table) == 32
+    assert {(r["status"], r["result.status"], r["note"]) for r in table} == {
+        ("done", "ok", "two\nlines, quoted")
+    }
+
+
 def test_verify_says_what_was_never_processed_and_repair_redoes_missing_rows(
     job: Path,
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from paceline.errors import ConfigError
+from paceline.errors import ConfigError, SinkError
 from paceline.sinks import CallableSink, JSONLSink, SQLiteSink, as_sink
 
 
@@ -201,3 +201,15 @@ def test_as_sink_keeps_a_sink_and_rejects_what_is_not_one(tmp_path: Path) -> Non
     assert as_sink(sink) is sink
     with pytest.raises(ConfigError, match="unsupported sink: int"):
         as_sink(42)
+
+
+def test_a_sqlite_sink_on_a_file_that_is_no_database_stops_before_any_item(
+    tmp_path: Path,
+) -> None:
+    precious = tmp_path / "out.db"
+    precious.write_text("precious notes\n")
+    sink = SQLiteSink(precious, table="t")
+    with pytest.raises(SinkError, match="file is not a database"):
+        sink.open(None)
+    assert precious.read_text() == "precious notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.db"]
