@@ -26,6 +26,7 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -52,7 +53,27 @@ __all__ = [
     "MeteredKey",
     "QuotaWait",
     "Stopping",
+    "WaitLedger",
+    "wait_ledger",
 ]
+
+
+@dataclass(slots=True)
+class WaitLedger:
+    """The time one attempt spent waiting for the limiter (a slot, a window's room):
+    the key's pace, not the provider's slowness, so it does not count against the
+    attempt's timeout. ``since``: when a wait going on now began (monotonic)."""
+
+    total: float = 0.0
+    since: float | None = None
+
+    def waited(self, now: float) -> float:
+        """Seconds waited so far, a wait going on now included."""
+        return self.total + (now - self.since if self.since is not None else 0.0)
+
+
+#: The ledger of the attempt running in this context (set by the engine for each attempt).
+wait_ledger: ContextVar[WaitLedger | None] = ContextVar("wait_ledger", default=None)
 
 #: A reservation further ahead than this is not taken: the limiter waits and looks again,
 #: so a key that comes back (or a stop) is noticed.
@@ -275,6 +296,17 @@ class Limiter(Generic[K]):
 
     async def acquire(self, cost: Cost) -> Lease[K]:
         """Wait for the key that can send ``cost`` soonest, and its slot."""
+        ledger = wait_ledger.get()
+        if ledger is None:
+            return await self._acquire(cost)
+        ledger.since = started = self.clock.monotonic()
+        try:
+            return await self._acquire(cost)
+        finally:
+            ledger.total += self.clock.monotonic() - started
+            ledger.since = None
+
+    async def _acquire(self, cost: Cost) -> Lease[K]:
         if self._refresher is None and self.backend.shared:
             self._start_refresher()
         waited = False

@@ -89,3 +89,23 @@ async def test_hung_requests_are_cut_and_the_rest_keep_their_pace(
     elapsed = time.monotonic() - started
     assert (result.exit_code, result.snapshot.done) == (0, 400)
     assert elapsed < 20, f"{elapsed:.1f} s: hung requests held the run up"
+
+
+async def test_waiting_for_the_keys_pace_is_no_timeout_and_no_outage(tmp_path: Path) -> None:
+    # A fixed window of 25 requests per 8 s: the first 25 go at once (the automatic
+    # timeout learns they take 10 ms: its 5 s floor), then 25 workers wait about 8 s for
+    # the reset: the key's pace, not a hung provider.
+    config = SimConfig(default_limits=KeyLimits(), latency=parse_latency("fixed:0.01"))
+    sim = SimServer(config)
+    sim.start()
+    keys = pl.KeyPool(["sk-test-paced-0123456789"], limits=[pl.Limit("25/8s", fixed=True)])
+    job = job_on(sim.url, tmp_path, 50, retries=0, concurrency=25, keys=keys)
+    watcher = Watcher()
+    try:
+        result = await asyncio.wait_for(
+            job.run_async(store=tmp_path / "s.db", reporter=watcher), timeout=120
+        )
+    finally:
+        sim.stop()
+    assert (result.exit_code, result.snapshot.done, result.snapshot.failed) == (0, 50, 0)
+    assert not watcher.circuits, "waiting for the key's pace was taken for an outage"

@@ -28,7 +28,7 @@ from paceline.clock import Clock
 from paceline.context import Context
 from paceline.item import Item, Status
 from paceline.keys import NoUsableKey
-from paceline.limiter import QuotaWait
+from paceline.limiter import QuotaWait, WaitLedger, wait_ledger
 from paceline.retry import classify
 from paceline.store import Outcome
 
@@ -105,8 +105,9 @@ class Attempts:
         self.seconds = 0.0
         #: how long recent successful attempts took, for the automatic attempt timeout
         self.durations: deque[float] = deque(maxlen=200)
-        #: the attempts running now (their workers' tasks) and when each began
-        self.running: dict[asyncio.Task[Any] | None, float] = {}
+        #: the attempts running now (their workers' tasks): when each began, and how long
+        #: it has waited for the limiter (not counted against the timeout)
+        self.running: dict[asyncio.Task[Any] | None, tuple[float, WaitLedger]] = {}
         self.cut: set[asyncio.Task[Any]] = set()  # cancelled for taking too long
         self._timeout, self._stuck_after = MAX_TIMEOUT, math.inf
 
@@ -202,12 +203,14 @@ class Attempts:
 
         return redact
 
-    async def _within_timeout(self, call: Awaitable[T]) -> T:
+    async def _within_timeout(self, call: Awaitable[T], ledger: WaitLedger) -> T:
         """Await ``call``; :meth:`retime`, twice a second, cuts it once it has run longer
-        than :meth:`timeout` (also an attempt that began before the latencies were known).
-        One look for all attempts, not a timer each: the engine's hot path stays light."""
+        than :meth:`timeout` (also an attempt that began before the latencies were known),
+        time spent waiting for the limiter not counted. One look for all attempts, not a
+        timer each: the engine's hot path stays light."""
         me = asyncio.current_task()
-        self.running[me] = self.clock.monotonic()
+        self.running[me] = (self.clock.monotonic(), ledger)
+        token = wait_ledger.set(ledger)
         try:
             return await call
         except asyncio.CancelledError:
@@ -219,6 +222,7 @@ class Attempts:
             automatic = "" if self.job.timeout else " (automatic: it follows the latencies seen)"
             raise TimeoutError(f"the attempt took more than {limit:.1f} s{automatic}") from None
         finally:
+            wait_ledger.reset(token)
             self.running.pop(me, None)
 
     def retime(self) -> int:
@@ -229,8 +233,8 @@ class Attempts:
         limit, stuck_after = self.timeout(), self.stuck_after()
         now = self.clock.monotonic()
         stuck = 0
-        for task, started in list(self.running.items()):
-            took = now - started
+        for task, (started, ledger) in list(self.running.items()):
+            took = now - started - ledger.waited(now)
             if took > limit and task is not None and task not in self.cut:
                 self.cut.add(task)
                 task.cancel()
@@ -245,6 +249,7 @@ class Attempts:
         attempts = item.attempts + 1
         ctx = Context(self.http, job.name, attempts, self.clock, self.process_pool)
         started = self.clock.monotonic()
+        ledger = WaitLedger()
         try:
             if self.is_async:
                 call = cast(Awaitable[dict[str, Any] | None], fn(item, ctx))
@@ -252,7 +257,7 @@ class Attempts:
                 loop = asyncio.get_running_loop()
                 sync_fn = cast(Callable[[Item, Context], dict[str, Any] | None], fn)
                 call = loop.run_in_executor(self.threads, sync_fn, item, ctx)
-            result = await self._within_timeout(call)
+            result = await self._within_timeout(call, ledger)
         except asyncio.CancelledError:
             raise
         except CONTROL as exc:
@@ -285,7 +290,7 @@ class Attempts:
                 return outcome, None
             return Outcome(item.seq, Status.FAILED, attempts, failure.message, None, item.id), None
         self.circuit.record(False)
-        self.durations.append(self.clock.monotonic() - started)
+        self.durations.append(self.clock.monotonic() - started - ledger.total)
         if result is None:
             return Outcome(item.seq, Status.DONE, attempts, item_id=item.id), None
         if not isinstance(result, dict):
