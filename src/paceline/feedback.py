@@ -434,7 +434,10 @@ def smooth_period(
     if limit is None or remaining is None or reset is None or remaining >= limit:
         return default
     used = limit - remaining
-    low, high = max(0.0, reset - quantum) * limit / used, (reset + quantum) * limit / used
+    # ``remaining`` is a whole number (floored, or rounded) of what is truly left: what
+    # was used lies between used - 1/2 and used + 1, and the window with it.
+    low = max(0.0, reset - quantum) * limit / (used + 1)
+    high = (reset + quantum) * limit / max(0.5, used - 0.5)
     bucket = [w for w in _WINDOWS if low / _FIT <= w <= high * _FIT]
     log = []
     if reset >= 5 * quantum:  # the reset is precise enough to be the window itself

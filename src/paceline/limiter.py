@@ -734,4 +734,10 @@ def _next_room(limit: Limit, window: Window, now: float) -> float:
 def _same_window(limit: Limit, window: Window) -> bool:
     if window.period is None:  # which window is it? Only the one with that very count.
         return window.limit is not None and window.limit == limit.count
-    return abs(limit.seconds - window.period) <= 0.1 * max(limit.seconds, window.period)
+    if abs(limit.seconds - window.period) <= 0.1 * max(limit.seconds, window.period):
+        return True
+    # The same count is the same window read again: a smooth window's length is worked
+    # out from each answer, and readings differ (never a second limit for each). Only a
+    # window of another order (a day, not a minute) is another limit.
+    longer, shorter = max(limit.seconds, window.period), min(limit.seconds, window.period)
+    return window.limit == limit.count and longer < 10 * shorter

@@ -126,6 +126,25 @@ def test_unreadable_go_duration_leaves_no_reset(duration: str) -> None:
     assert fb.windows == (Window("requests", 60, None, None, 60.0, "requests", False),)
 
 
+@pytest.mark.parametrize("rounding", ["floor", "round"])
+@pytest.mark.parametrize("used", [0.4, 1.3, 2.0, 2.6, 5.5, 37.2])
+def test_a_minute_bucket_reads_as_a_minute_whatever_its_whole_remaining(
+    rounding: str, used: float
+) -> None:
+    # 600 a minute refill 10 a second: ``used`` (true, fractional) is full again after
+    # used / 10 s; the provider says what is left as a whole number (floored or rounded).
+    left = 600 - used
+    remaining = int(left) if rounding == "floor" else round(left)
+    reset_ms = round(used / 10 * 1000)
+    headers = {
+        "x-ratelimit-limit-requests": "600",
+        "x-ratelimit-remaining-requests": str(remaining),
+        "x-ratelimit-reset-requests": f"{reset_ms}ms",
+    }
+    (window,) = read(200, headers).windows
+    assert window.period in (60.0, None)  # never a length of its own (45 s, 90 s)
+
+
 def test_openai_daily_limit_shows_itself_by_its_reset() -> None:
     # A bucket of 10,000 a day is full again 8.64 s after one request; one of 10,000 a
     # minute after 6 ms. The window is read from the reset, not assumed per minute.

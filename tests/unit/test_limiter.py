@@ -602,6 +602,22 @@ async def test_a_limit_announced_but_not_configured_is_learned(
     assert max_in_window(run.times(), 60.0) <= 100
 
 
+async def test_one_window_read_with_lengths_that_differ_is_learned_once(
+    clock: FakeClock,
+) -> None:
+    # A smooth window's length is worked out from each answer; readings of one window
+    # differ. They are one limit, not one each (the slowest of which would govern).
+    pool = KeyPool(names(1), clock=clock)
+    bound(pool, clock)
+    key = pool.keys[0]
+    lease = await pool.acquire()
+    for period in (60.0, 46.0, 70.0, 85.0):
+        pool.settle(lease, ok(windows=(window(limit=600, remaining=590, period=period),)))
+    assert [m.limit.describe() for m in key.group.gcra] == ["600/minute"]
+    pool.settle(lease, ok(windows=(window(limit=600, remaining=590, period=86400.0),)))
+    assert len(key.group.meters()) == 2  # 600 a day as well: another limit
+
+
 async def test_a_daily_limit_announced_is_learned_as_a_daily_counter(clock: FakeClock) -> None:
     pool = KeyPool(names(1), clock=clock)
     bound(pool, clock)
