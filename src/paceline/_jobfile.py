@@ -11,7 +11,7 @@ from pathlib import Path
 from ._redact import redact, remember
 from .errors import ConfigError, PacelineError
 from .job import Job
-from .keys import KeyPool
+from .keys import KeyPool, job_folder
 from .sources import SQL
 
 __all__ = ["load_job"]
@@ -28,6 +28,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     # Helpers beside the job file import as they would when running it with python.
     if folder not in sys.path:
         sys.path.insert(0, folder)
+    token = job_folder.set(Path(folder))
     try:
         namespace = _import(file)
     except PacelineError as exc:
@@ -38,6 +39,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         line = _line_in(file, exc)
         where = f"{file}:{line}" if line else str(file)
         raise ConfigError(redact(f"{where}: {type(exc).__name__}: {exc}")) from None
+    finally:
+        job_folder.reset(token)
     job = namespace.get("job")
     if job is None:
         raise ConfigError(f"{file} does not define `job` (job = paceline.Job(...))")

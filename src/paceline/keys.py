@@ -19,6 +19,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,11 @@ from .meters.local import LocalBackend, LocalGroup
 from .meters.protocol import GroupSpec, MeterBackend
 
 __all__ = ["Cost", "Key", "KeyPool", "NoUsableKey"]
+
+
+#: The folder of the job file being loaded (set by the loader): a relative ``.env`` is
+#: read beside the job file too, wherever the command runs from.
+job_folder: ContextVar[Path | None] = ContextVar("job_folder", default=None)
 
 
 def fingerprint(secret: str) -> str:
@@ -341,8 +347,10 @@ class KeyPool:
     ) -> KeyPool:
         """Keys from ``PREFIX1``, ``PREFIX_2``, … or one comma-separated ``PREFIX``.
 
-        Variables in the process environment win over those in ``env_file``; ``options``
-        are those of :class:`KeyPool` (``auth``, ``rpm``, ``limits``, …).
+        Variables in the process environment win over those in ``env_file``; a relative
+        ``env_file`` is read in the current folder and, in a job file, beside it (that one
+        winning); ``options`` are those of :class:`KeyPool` (``auth``, ``rpm``, ``limits``,
+        …).
 
         No keys found is not an error here: a job file is also loaded where its keys are
         not (``paceline status`` on another machine). The pool then has no keys, and a run
@@ -350,10 +358,15 @@ class KeyPool:
         binds the pool (:meth:`bind`, :meth:`require_keys`).
         """
         env: dict[str, str] = {}
-        if env_file is not None and Path(env_file).is_file():
-            from dotenv import dotenv_values
+        files = [] if env_file is None else [Path(env_file)]
+        folder = job_folder.get()
+        if env_file is not None and folder is not None and not Path(env_file).is_absolute():
+            files.append(folder / env_file)  # beside the job file: wins over the cwd's
+        for file in files:
+            if file.is_file():
+                from dotenv import dotenv_values
 
-            env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+                env.update({k: v for k, v in dotenv_values(file).items() if v is not None})
         env.update(os.environ if environ is None else environ)
         numbered = re.compile(rf"^{re.escape(prefix)}_?(\d+)$")
         found = sorted(

@@ -53,6 +53,18 @@ def test_a_job_file_in_another_folder_runs_from_anywhere(job: Path, tmp_path: Pa
     assert list(elsewhere.iterdir()) == []  # nothing written where the command ran
 
 
+def test_a_dotenv_beside_the_job_file_gives_its_keys_from_anywhere(
+    job: Path, tmp_path: Path
+) -> None:
+    job.write_text(JOB.replace("retries=0,", 'retries=0, keys=pl.KeyPool.from_env("DAILYKEY"),'))
+    (job.parent / ".env").write_text("DAILYKEY=sk-daily-0123456789abcdef\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    plan = run_cli("plan", job, cwd=elsewhere)
+    assert plan.returncode == 0 and "1 key(s)" in plan.stdout, plan.stderr
+    assert "sk-daily-0123456789abcdef" not in plan.stdout
+
+
 def test_a_start_that_fails_leaves_no_empty_output_file(tmp_path: Path) -> None:
     (tmp_path / "job.py").write_text(JOB)  # its source file does not exist
     result = run_cli("run", "job.py", "--progress", "none", cwd=tmp_path)
