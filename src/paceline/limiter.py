@@ -584,7 +584,9 @@ class Limiter(Generic[K]):
                 limits = self.backend.view(group, now).limits
             matching = [lim for lim in limits if lim.unit == unit and _same_window(lim, window)]
             if window.limit and window.period and not matching:
-                kind = window.fixed if unit == "requests" and window.period < 86_400 else None
+                # (A fixed token window is a log the reset exhausts, not paced; a day is a
+                # counter either way.)
+                kind = window.fixed if window.period < 86_400 else None
                 limit = Limit(window.limit, window.period, unit, fixed=kind)
                 self.backend.learn(group, limit, self._seed(lease, window, limit))
                 limits = None  # the next window sees the new meter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -113,6 +114,23 @@ def test_a_raw_response_is_parsed_and_anything_else_reports_nothing() -> None:
     assert usage_of("text") is None
 
 
+async def leased_at(client: Any, clock: FakeClock, cost: Cost) -> float:
+    """When a lease of ``cost`` is given, the fake clock moved on in steps meanwhile."""
+
+    async def take() -> float:
+        async with client.lease(cost):
+            return clock.time()
+
+    task = asyncio.create_task(take())
+    for _ in range(10_000):
+        for _ in range(5):
+            await asyncio.sleep(0)
+        if task.done():
+            break
+        clock.advance(0.05)
+    return await task
+
+
 async def test_reported_usage_reaches_the_cost_path_and_settles_the_token_meters(
     http: httpx.AsyncClient, clock: FakeClock
 ) -> None:
@@ -122,9 +140,8 @@ async def test_reported_usage_reaches_the_cost_path_and_settles_the_token_meters
         lease.usage(openai_completion(1200, 80))
     assert counted == [Usage("gpt-4o-mini", 1200, 80)]
     assert pool.keys[0].tokens == 1280  # the estimate was settled on what was used
-    # So the window has room for 8,000 more now, not 5,000.
-    async with client.lease(Cost(tokens=8000)):
-        assert clock.time() == T0
+    # So the next waits for the 1,280 tokens' share of the minute (8 s), not the 5,000's.
+    assert await leased_at(client, clock, Cost(tokens=8000)) <= T0 + 0.14 * 60
 
 
 async def test_usage_given_as_numbers_counts_too(http: httpx.AsyncClient, clock: FakeClock) -> None:
@@ -152,9 +169,10 @@ async def test_input_and_output_tokens_settle_their_own_meters(
         "10000 input tokens/minute",
         "1000 output tokens/minute",
     ]
-    # 8,000 input and 900 output tokens still fit this minute: at once.
-    async with client.lease(Cost(input_tokens=8000, output_tokens=900)):
-        assert clock.time() == T0
+    # The next waits for the 2,000 input tokens' share of the minute (12 s), not the
+    # 9,000's (54 s); the output meter, for its 100 (6 s).
+    at = await leased_at(client, clock, Cost(input_tokens=8000, output_tokens=900))
+    assert T0 + 0.19 * 60 <= at <= T0 + 0.22 * 60
 
 
 async def test_a_refused_call_counts_no_tokens_and_cools_the_key(

@@ -979,7 +979,7 @@ async def test_fixed_windows_of_tokens_or_days_wait_for_the_reset_they_announce(
     )
     pool.settle(lease, ok(windows=(tokens,)))
     pool.release(lease)
-    assert pool.describe(clock.time())[0]["limits"] == ["10000 tokens/minute"]
+    assert pool.describe(clock.time())[0]["limits"] == ["10000 tokens/minute fixed"]
     run = runs(pool)
     run.acquire(Cost(tokens=100))
     await run_until(clock, T0 + 39.9)

@@ -143,11 +143,17 @@ class WindowMeter:
     either let a window hold the limit plus one request, or space requests by the largest
     one. The log admits a request when the tokens reserved in the window ending at its send
     time, plus its own, fit the limit: never more, and no slack lost.
+
+    A smooth window (not announced fixed) is paced as GCRA too (``pace``): the log alone
+    lets a whole window's tokens go at once and then stalls, where a provider's bucket
+    (Anthropic's, OpenAI's enforced over spans shorter than the minute) refills as it
+    goes. A fixed one is the log alone, exhausted by the reset it announces.
     """
 
-    __slots__ = ("entries", "factor", "last_entry", "limit", "not_before", "total")
+    __slots__ = ("entries", "factor", "last_entry", "limit", "not_before", "pace", "total")
 
     def __init__(self, limit: Limit) -> None:
+        self.pace = None if limit.fixed else GcraMeter(limit)
         self.limit = limit
         self.entries: deque[list[float]] = deque()  # [send time, units], in time order
         self.total = 0.0  # units in ``entries``
@@ -157,6 +163,8 @@ class WindowMeter:
 
     def set_limit(self, limit: Limit) -> None:
         self.limit = limit
+        if self.pace is not None:
+            self.pace.set_limit(limit)
 
     def _forget(self, now: float) -> None:
         horizon = now - self.limit.seconds
@@ -180,6 +188,8 @@ class WindowMeter:
             at = max(at, entries[i][0] + window + _EDGE)
             total -= entries[i][1]
             i += 1
+        if self.pace is not None:
+            at = max(at, self.pace.ready_at(cost, now))
         return at
 
     def reserve(self, cost: float, now: float) -> float:
@@ -189,6 +199,8 @@ class WindowMeter:
             self.last_entry = [at, cost]
             self.entries.append(self.last_entry)
             self.total += cost
+            if self.pace is not None:
+                self.pace.reserve(cost, at)
         return at
 
     def adjust_entry(self, entry: list[float], units: float) -> None:
@@ -196,9 +208,13 @@ class WindowMeter:
         change = max(-entry[1], units)
         entry[1] += change
         self.total += change
+        if self.pace is not None:
+            self.pace.adjust(change)
 
     def adjust(self, units: float) -> None:
         """Settle the latest reservations up (more used) or down (fewer, or refused)."""
+        if self.pace is not None:
+            self.pace.adjust(units)
         entries = self.entries
         if units >= 0:
             if entries:
@@ -221,12 +237,16 @@ class WindowMeter:
     def exhaust_until(self, until: float) -> None:
         """Nothing fits before ``until``."""
         self.not_before = max(self.not_before, until)
+        if self.pace is not None:  # then the pace goes on from there
+            self.pace.tat = max(self.pace.tat, until)
 
     def seed(self, used: float, now: float) -> None:
         """A new meter for a window already ``used`` this much (counted as of now)."""
         if used > 0:
             self.entries.append([now, used])
             self.total += used
+            if self.pace is not None:
+                self.pace.seed(used, now)
 
 
 class DayMeter:

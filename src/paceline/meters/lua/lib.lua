@@ -277,6 +277,13 @@ local function buckets(g, m, now, pure)
   return list, w
 end
 
+-- A smooth token window (not announced fixed) is paced as GCRA as well as logged: the
+-- log alone lets a minute's tokens go at once, then stalls while a provider's bucket
+-- refills as it goes; the pace alone could let a window hold one request more.
+local function paced(m)
+  return m.kind == 'tokens' and m.mode ~= 'f'
+end
+
 -- Earliest time, not before the last reservation, that the window ending then holds
 -- ``cost`` more; a request larger than the whole limit goes alone into an empty window.
 local function tokens_ready(g, m, list, w, cost, now)
@@ -294,6 +301,7 @@ local function tokens_ready(g, m, list, w, cost, now)
     total = total - list[i][2]
     i = i + 1
   end
+  if paced(m) then at = math.max(at, gcra_ready(g, m, cost, now)) end
   return at
 end
 
@@ -304,10 +312,14 @@ local function tokens_take(g, m, cost, at)
   redis.call('HINCRBYFLOAT', tb, string.format('%.0f', math.floor(at / w)), cost)
   redis.call('EXPIRE', tb, math.ceil(2 * m.seconds) + 60)
   set(g, 'l:' .. m.id, fmt(math.max(fl(g.f['l:' .. m.id], 0), at)))
+  if paced(m) then gcra_take(g, m, cost, at) end
 end
 
 local function tokens_adjust(g, m, at, change)
   if change == 0 then return end
+  if paced(m) then
+    set(g, 't:' .. m.id, fmt(fl(g.f['t:' .. m.id], 0) + change * interval(m)))
+  end
   local tb = g.key .. ':tb:' .. m.id
   local field = string.format('%.0f', math.floor(at / (m.seconds / NB)))
   local left = tonumber(redis.call('HINCRBYFLOAT', tb, field, change))

@@ -93,6 +93,10 @@ if op == 'learn' then
       local i = tonumber(seconds) / (count - burst + 1)
       set(g, 't:' .. mid, fmt(math.max(fl(g.f['t:' .. mid], 0), now + used * i)))
     elseif used > 0 and k == 'tokens' then
+      if mode ~= 'f' then  -- paced too: as a GCRA meter seeded
+        local i = tonumber(seconds) / (count - burst + 1)
+        set(g, 't:' .. mid, fmt(math.max(fl(g.f['t:' .. mid], 0), now + used * i)))
+      end
       local w = tonumber(seconds) / NB
       local tb = G .. ':tb:' .. mid
       redis.call('HINCRBYFLOAT', tb, string.format('%.0f', math.floor(now / w)), used)
@@ -120,6 +124,9 @@ elseif op == 'exhaust' then
         set(g, 't:' .. m.id, fmt(math.max(fl(g.f['t:' .. m.id], 0), till + (m.burst - 1) * i)))
       elseif m.kind == 'tokens' then
         set(g, 'x:' .. m.id, fmt(math.max(fl(g.f['x:' .. m.id], 0), till)))
+        if m.mode ~= 'f' then  -- then the pace goes on from there
+          set(g, 't:' .. m.id, fmt(math.max(fl(g.f['t:' .. m.id], 0), till)))
+        end
       elseif m.kind == 'fixed' then
         fixed_exhaust(g, m, till)
       elseif m.kind == 'day' then
