@@ -378,7 +378,7 @@ async def run_with_reporter(
         name = signal.Signals(signum).name
         if engine.snapshot().stopping is None:
             reporter.note(
-                f"{name}: finishing {engine.snapshot().running} item(s) in flight "
+                f"{name}: finishing {engine.in_flight} item(s) in flight "
                 f"(up to {engine.grace:.0f}s); press Ctrl+C again to stop at once"
             )
         else:

@@ -311,7 +311,7 @@ class Engine:
         snap = self.snapshot()
         return {
             "pid": os.getpid(),
-            "in_flight": self._dispatcher.in_flight if self._dispatcher else 0,
+            "in_flight": self.in_flight,
             "claimed": self.progress.counts.get("running", 0),
             "rate_now": round(self.progress.rates.now, 2),
             "rate_avg": round(self.progress.rates.avg, 2),
@@ -329,6 +329,11 @@ class Engine:
             "quota_until": snap.quota_until,
             "circuit": self.circuit.describe(),
         }
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts this worker has running now (the snapshot counts every worker's)."""
+        return self._dispatcher.in_flight if self._dispatcher else 0
 
     def snapshot(self) -> Snapshot:
         """The run's numbers now: cheap, no I/O, and reading them changes nothing."""
