@@ -123,6 +123,21 @@ STYLES = {
 }
 
 
+# The tokens scenario's requests: a prompt of 250 tokens and max_tokens 150, which the
+# simulator (as OpenAI and Anthropic do) charges against the tokens per minute up front.
+TOKENS_PROMPT = "Summarise this. " * 62 + "Now."
+TOKENS_MAX = 150
+TOKENS_BODY = {"messages": [{"role": "user", "content": TOKENS_PROMPT}], "max_tokens": TOKENS_MAX}
+
+
+def token_charge(style: str) -> int:
+    """The tokens the simulator charges one tokens-scenario request of ``style``."""
+    from paceline.sim._wire import estimate_tokens
+
+    prompt = estimate_tokens(TOKENS_PROMPT) + (3 if style == "openai" else 0)
+    return prompt + TOKENS_MAX
+
+
 @dataclass
 class Settings:
     keys: int
@@ -131,10 +146,16 @@ class Settings:
     warmup: float
     window: float
     seed: int
+    tpm: int | None = None  # tokens per minute per key (the tokens scenario)
+    bucket: bool = False  # the simulator's tokens: a refilling bucket, not a sliding minute
+    style: str = ""  # whose charge the tokens scenario counts
 
     @property
     def limit_per_s(self) -> float:
-        """The sum of the keys' limits, in requests per second."""
+        """The sum of the keys' limits, in requests per second (the tokens scenario: the
+        requests its tokens per minute allow)."""
+        if self.tpm is not None:
+            return self.keys * self.tpm / 60.0 / token_charge(self.style)
         return self.keys * self.rate / 60.0
 
 
@@ -189,6 +210,8 @@ def simulator(
     ``extra``: the limit options, instead of the steady scenario's."""
     if extra is not None:
         limit = list(extra)
+    elif s.tpm is not None:
+        limit = ["--rpm", str(s.rate), "--tpm", str(s.tpm), *(["--token-bucket"] * s.bucket)]
     elif github(style):
         limit = ["--rph", str(s.rate * 60)]
     else:
@@ -337,7 +360,7 @@ async def run_paceline(
     elif github(style.name):
         pool = pl.KeyPool(keys, auth=style.auth, limits=[f"{s.rate * 60}/hour"])
     else:
-        pool = pl.KeyPool(keys, auth=style.auth, rpm=s.rate)
+        pool = pl.KeyPool(keys, auth=style.auth, rpm=s.rate, tpm=s.tpm)
     # More items than can finish: the window ends long before the source does.
     n_items = int(s.limit_per_s * (s.warmup + s.window) * 2) + 1_000
 
@@ -404,7 +427,7 @@ def rate_limited(r: httpx.Response) -> bool:
 
 async def run_baseline(style: Style, keys: list[str], url: str, s: Settings) -> Measurement:
     m = Measurement(style.name, "baseline", s.limit_per_s)
-    per_key = s.rate / 60.0
+    per_key = s.limit_per_s / s.keys
     buckets = [TokenBucket(per_key, capacity=max(1.0, per_key)) for _ in keys]
     rotation = itertools.cycle(range(len(keys)))
     target = url + style.path
@@ -455,6 +478,9 @@ LEARN_CLIENTS = {"paceline*": run_learning, "paceline": run_paceline}
 
 def measure(style_name: str, client: str, s: Settings) -> Measurement:
     style = STYLES[style_name]
+    if s.tpm is not None:  # the tokens scenario: large requests, charged up front
+        body = {**(style.body or {}), **TOKENS_BODY}
+        style = dataclasses.replace(style, body=body)
     keys = secrets_for(s.keys, style_name)
     runner = CLIENTS.get(client) or LEARN_CLIENTS[client]
     with simulator(style_name, keys, s) as url:
@@ -697,7 +723,9 @@ def describe(m: Measurement) -> str:
     )
 
 
-SCENARIOS = ("steady", "learn", "fixed", "concurrency")
+SCENARIOS = ("steady", "learn", "fixed", "concurrency", "tokens")
+#: The tokens scenario: per key, requests/minute far above what its tokens allow.
+TOKENS_RPM, TOKENS_TPM = 6000, 120_000
 
 
 def table(runs: dict[tuple[str, str], list[Measurement]], targets: tuple[float, float]) -> str:
@@ -713,7 +741,7 @@ def table(runs: dict[tuple[str, str], list[Measurement]], targets: tuple[float, 
         shown = " ; ".join(f"{m.utilization:.3f} · {m.share_429:.2%}" for m in ms)
         bold = "**" if client.startswith("paceline") else ""
         lines.append(f"| {style} | {bold}{client}{bold} | {util:.3f} | {share:.2%} | {shown} |")
-        if client == ("paceline" if ms[0].scenario == "steady" else "paceline*"):
+        if client == ("paceline" if ms[0].scenario in ("steady", "tokens") else "paceline*"):
             fixed = github(style) and style != "github-smooth"
             if util > 1.01 and not fixed:
                 # Only a burst allowance (GCRA's, against a fixed window) gets above the
@@ -803,6 +831,19 @@ def main() -> None:
         )
         runs = run_windows("learn", learn_styles, list(LEARN_CLIENTS), learn)
         print("\n" + table(runs, (TARGET_LEARNED, TARGET_LEARNED_429_SHARE)))
+    if "tokens" in scenarios:
+        print(
+            f"\n## tokens: {s.keys} keys × {TOKENS_TPM} tokens/minute bind (requests of "
+            f"{token_charge('anthropic')}-{token_charge('openai')} tokens charged up front); "
+            "OpenAI's minute sliding, Anthropic's a bucket refilled as it goes"
+        )
+        runs = {}
+        for style in ("openai", "anthropic"):
+            tokens = dataclasses.replace(
+                s, rate=TOKENS_RPM, tpm=TOKENS_TPM, bucket=style == "anthropic", style=style
+            )
+            runs |= run_windows("tokens", [style], ["paceline", "paceline*", "baseline"], tokens)
+        print("\n" + table(runs, (TARGET_UTILIZATION, TARGET_429_SHARE)))
     if "concurrency" in scenarios:
         print(f"\n## concurrency: each token allows {CONCURRENT} in flight; limits not configured")
         runs = run_windows("concurrency", ["github"], ["paceline*", "reference"], s)

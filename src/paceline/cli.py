@@ -828,6 +828,11 @@ def demo(items: int, n_keys: int, workdir: Path, progress: str, fresh: bool) -> 
 @click.option("--revoked", default="", help="Comma-separated keys answered as invalid.")
 @click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests/minute per key.")
 @click.option("--tpm", type=click.IntRange(min=1), default=None, help="Tokens/minute per key.")
+@click.option(
+    "--token-bucket",
+    is_flag=True,
+    help="Meter --tpm as a bucket refilled as it goes (Anthropic's), not a sliding minute.",
+)
 @click.option("--rpd", type=click.IntRange(min=1), default=None, help="Requests/day per key.")
 @click.option(
     "--rph",
@@ -880,6 +885,7 @@ def sim(
     revoked: str,
     rpm: int | None,
     tpm: int | None,
+    token_bucket: bool,
     rpd: int | None,
     rph: int | None,
     concurrency: int | None,
@@ -915,6 +921,7 @@ def sim(
             seed=seed,
             day_resets_tz=day_resets_tz,
             github_limit_status=int(github_limit_status),
+            token_bucket=token_bucket,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -69,6 +69,21 @@ def test_tpm_counts_tokens_and_a_rejection_spends_nothing() -> None:
     admit(meter, tokens=100)
 
 
+def test_a_token_bucket_refills_as_it_goes_not_a_minute_later() -> None:
+    clock = FakeClock(start=1_000.0)
+    meter = KeyMeter(KeyLimits(tpm=600), clock, token_bucket=True)  # 10 tokens a second
+    admit(meter, tokens=600)  # full at the start: a whole minute's tokens at once
+    rejection = meter.try_acquire(50)
+    assert rejection is not None and rejection.retry_after == pytest.approx(5.0)
+    window = meter.state().tpm
+    assert window is not None
+    assert (window.remaining, window.resets_at) == (0, pytest.approx(1_060.0))
+    clock.advance(5)  # a sliding minute would hold everything until t=60
+    admit(meter, tokens=50)
+    clock.advance(3600)
+    assert meter.state().tpm.remaining == 600  # type: ignore[union-attr]  # never above full
+
+
 def test_a_request_larger_than_the_token_limit_can_never_fit() -> None:
     meter = KeyMeter(KeyLimits(tpm=100), FakeClock())
     rejection = meter.try_acquire(101)

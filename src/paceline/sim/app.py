@@ -95,7 +95,9 @@ class _Simulator:
         meter = self.meters.get(key)
         if meter is None:
             limits = self.config.limits_for(key)
-            meter = self.meters[key] = KeyMeter(limits, self.clock, self.tz)
+            meter = self.meters[key] = KeyMeter(
+                limits, self.clock, self.tz, token_bucket=self.config.token_bucket
+            )
         return meter
 
     def counts_for(self, key: str) -> _Counts:

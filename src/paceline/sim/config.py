@@ -193,7 +193,9 @@ class SimConfig:
     ``hang_rate`` the share that wait ``hang_seconds`` before answering. ``seed`` makes faults
     and latencies repeatable. ``github_limit_status`` is 403 (GitHub's usual answer to an
     exhausted primary limit) or 429 (which GitHub also documents); ``openai_organization``
-    is the organization OpenAI-style 429 messages name.
+    is the organization OpenAI-style 429 messages name. ``token_bucket`` meters tokens per
+    minute as a bucket refilled as it goes (Anthropic's documented algorithm), not as a
+    sliding minute.
     """
 
     keys: Mapping[str, KeyLimits] | None = None
@@ -208,6 +210,7 @@ class SimConfig:
     day_resets_tz: str = "America/Los_Angeles"
     github_limit_status: int = 403
     openai_organization: str = "org-sim"
+    token_bucket: bool = False
 
     def __post_init__(self) -> None:
         for name in ("error_rate", "hang_rate"):
@@ -261,6 +264,7 @@ class SimConfig:
         seed: int | None = None,
         day_resets_tz: str = "America/Los_Angeles",
         github_limit_status: int = 403,
+        token_bucket: bool = False,
     ) -> SimConfig:
         """Build a config from command-line style values; raises ``ValueError`` on bad input.
 
@@ -288,6 +292,7 @@ class SimConfig:
             seed=seed,
             day_resets_tz=day_resets_tz,
             github_limit_status=github_limit_status,
+            token_bucket=token_bucket,
         )
 
 

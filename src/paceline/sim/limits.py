@@ -36,6 +36,7 @@ __all__ = [
     "MeterName",
     "Rejection",
     "SlidingWindow",
+    "TokenBucket",
     "Window",
     "next_midnight",
 ]
@@ -128,6 +129,45 @@ class SlidingWindow:
         return Window(self.limit, remaining, self._total, resets_at)
 
 
+class TokenBucket:
+    """A bucket of ``limit`` refilled at ``limit`` per ``span``, continuously (Anthropic
+    documents its limits so): full at the start, never above full."""
+
+    __slots__ = ("_at", "_level", "limit", "span")
+
+    def __init__(self, limit: int, span: float = MINUTE) -> None:
+        self.limit = limit
+        self.span = span
+        self._level = float(limit)
+        self._at: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self._at is not None and now > self._at:
+            self._level = min(self.limit, self._level + (now - self._at) * self.limit / self.span)
+        self._at = now if self._at is None else max(self._at, now)
+
+    def wait_for(self, amount: int, now: float) -> float | None:
+        """Seconds until ``amount`` fits (0 if it fits now, ``None`` if it never will)."""
+        self._refill(now)
+        if amount <= self._level:
+            return 0.0
+        if amount > self.limit:
+            return None
+        return (amount - self._level) * self.span / self.limit
+
+    def spend(self, amount: int, now: float) -> None:
+        """Take ``amount`` out at ``now``."""
+        self._refill(now)
+        self._level -= amount
+
+    def window(self, now: float) -> Window:
+        """Limit, what is left (whole) and the instant the bucket is full again."""
+        self._refill(now)
+        level = max(0.0, self._level)
+        full_at = now + (self.limit - level) * self.span / self.limit
+        return Window(self.limit, int(level), self.limit - int(level), full_at)
+
+
 class FixedWindow:
     """A count that starts from zero when a window closes.
 
@@ -206,11 +246,15 @@ class KeyMeter:
         limits: KeyLimits,
         clock: Clock = SYSTEM_CLOCK,
         day_tz: ZoneInfo | None = None,
+        *,
+        token_bucket: bool = False,
     ) -> None:
         tz = day_tz or ZoneInfo("America/Los_Angeles")
         self._clock = clock
         self.rpm = SlidingWindow(limits.rpm) if limits.rpm else None
-        self.tpm = SlidingWindow(limits.tpm) if limits.tpm else None
+        self.tpm: SlidingWindow | TokenBucket | None = None
+        if limits.tpm:
+            self.tpm = TokenBucket(limits.tpm) if token_bucket else SlidingWindow(limits.tpm)
         self.rph = FixedWindow(limits.rph, lambda now: now + HOUR) if limits.rph else None
         if self.rph is not None and (limits.rph_left is not None or limits.rph_reset):
             left = self.rph.limit if limits.rph_left is None else limits.rph_left
@@ -221,7 +265,7 @@ class KeyMeter:
         self.concurrency = limits.concurrency
         self.in_flight = 0
         # (name, meter, spends tokens?) in the order rejections are reported
-        candidates: list[tuple[MeterName, SlidingWindow | FixedWindow | None]] = [
+        candidates: list[tuple[MeterName, SlidingWindow | TokenBucket | FixedWindow | None]] = [
             ("rpd", self.rpd),
             ("rph", self.rph),
             ("rpm", self.rpm),
