@@ -369,10 +369,12 @@ async def run_paceline(
 
     job = pl.Job("quota-bench", source=pl.IterableSource(items, id="id"), keys=pool)
     target = url + style.path
+    # The tokens scenario estimates as the README's examples do: prompt / 4 + max_tokens.
+    cost = pl.Cost(tokens=len(TOKENS_PROMPT) // 4 + TOKENS_MAX) if s.tpm else None
 
     @job.task
     async def call(item: pl.Item, ctx: pl.Context) -> None:
-        r = await ctx.http.request(style.method, target, json=style.body)
+        r = await ctx.http.request(style.method, target, json=style.body, cost=cost)
         r.raise_for_status()
 
     reporter = BenchReporter(Observer(m, url, s))

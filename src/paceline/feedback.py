@@ -118,6 +118,10 @@ class Feedback:
     ignored: str | None = None
     input_used: int | None = None
     output_used: int | None = None
+    #: The provider counts a request's tokens when it admits it, its ``max_tokens`` cap
+    #: whole, and gives back none of what the answer did not use (OpenAI documents its
+    #: tokens per minute so): the token meters keep what was reserved, at least.
+    charged_up_front: bool = False
 
 
 # verdict, retry_at, scope, reason
@@ -185,7 +189,16 @@ def read_feedback(
     tokens = _tokens_used(data)
     inputs, outputs = _sides_used(data)
     return Feedback(
-        verdict, retry_at, answer.windows, scope, tokens, reason, waits.ignored, inputs, outputs
+        verdict,
+        retry_at,
+        answer.windows,
+        scope,
+        tokens,
+        reason,
+        waits.ignored,
+        inputs,
+        outputs,
+        charged_up_front="x-ratelimit-limit-tokens" in h,
     )
 
 

@@ -708,6 +708,8 @@ def _used(held: Cost, feedback: Feedback) -> Cost:
     total, inputs, outputs = feedback.tokens_used, feedback.input_used, feedback.output_used
     if total is None and inputs is None and outputs is None:
         return held
+    if feedback.charged_up_front and total is not None:
+        total = max(total, held.tokens)  # what the provider counted: the reservation's cap
     if inputs is None and outputs is None:
         return Cost(held.requests, total or 0)
     tokens = total if total is not None else (inputs or 0) + (outputs or 0)

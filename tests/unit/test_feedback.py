@@ -98,6 +98,7 @@ def test_openai_success_announces_per_minute_windows_and_usage() -> None:
         tokens_used=24,
         input_used=10,
         output_used=14,
+        charged_up_front=True,  # OpenAI counts max_tokens when it admits the request
     )
 
 

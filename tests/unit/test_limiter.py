@@ -986,3 +986,16 @@ async def test_fixed_windows_of_tokens_or_days_wait_for_the_reset_they_announce(
     assert run.times() == []
     await run_until(clock, T0 + 45)
     assert run.times() == [pytest.approx(T0 + 40, abs=0.01)]
+
+
+@pytest.mark.parametrize(("up_front", "counted"), [(True, 400), (False, 260)])
+async def test_tokens_a_provider_counts_up_front_stay_counted(
+    clock: FakeClock, up_front: bool, counted: int
+) -> None:
+    # OpenAI counts a request's max_tokens when it admits it and gives nothing back;
+    # Anthropic counts what the answer used.
+    pool = KeyPool(names(1), tpm=10_000, clock=clock)
+    bound(pool, clock)
+    lease = await pool.acquire(Cost(tokens=400))
+    pool.settle(lease, Feedback(Verdict.OK, None, tokens_used=260, charged_up_front=up_front))
+    assert pool.keys[0].tokens == counted
