@@ -124,18 +124,22 @@ STYLES = {
 
 
 # The tokens scenario's requests: a prompt of 250 tokens and max_tokens 150, which the
-# simulator (as OpenAI and Anthropic do) charges against the tokens per minute up front.
+# simulator (as OpenAI and Anthropic do) charges against the tokens per minute up front
+# (Anthropic gives back what the answer did not use).
 TOKENS_PROMPT = "Summarise this. " * 62 + "Now."
 TOKENS_MAX = 150
 TOKENS_BODY = {"messages": [{"role": "user", "content": TOKENS_PROMPT}], "max_tokens": TOKENS_MAX}
 
 
 def token_charge(style: str) -> int:
-    """The tokens the simulator charges one tokens-scenario request of ``style``."""
-    from paceline.sim._wire import estimate_tokens
+    """The tokens the simulator counts for one tokens-scenario request of ``style``: as
+    OpenAI, the prompt and max_tokens whole; as Anthropic (a bucket), the prompt and the
+    output made (what max_tokens held beyond it is given back once answered)."""
+    from paceline.sim._wire import estimate_tokens, summarize
 
-    prompt = estimate_tokens(TOKENS_PROMPT) + (3 if style == "openai" else 0)
-    return prompt + TOKENS_MAX
+    if style == "openai":
+        return estimate_tokens(TOKENS_PROMPT) + 3 + TOKENS_MAX
+    return estimate_tokens(" " + TOKENS_PROMPT) + estimate_tokens(summarize(TOKENS_PROMPT))
 
 
 @dataclass
@@ -835,9 +839,10 @@ def main() -> None:
         print("\n" + table(runs, (TARGET_LEARNED, TARGET_LEARNED_429_SHARE)))
     if "tokens" in scenarios:
         print(
-            f"\n## tokens: {s.keys} keys × {TOKENS_TPM} tokens/minute bind (requests of "
-            f"{token_charge('anthropic')}-{token_charge('openai')} tokens charged up front); "
-            "OpenAI's minute sliding, Anthropic's a bucket refilled as it goes"
+            f"\n## tokens: {s.keys} keys × {TOKENS_TPM} tokens/minute bind; a request counts "
+            f"{token_charge('openai')} tokens at OpenAI (max_tokens whole, a sliding minute), "
+            f"{token_charge('anthropic')} at Anthropic (what it made; a bucket refilled as it "
+            "goes); limits configured (paceline) and not (paceline*)"
         )
         runs = {}
         for style in ("openai", "anthropic"):

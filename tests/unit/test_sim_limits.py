@@ -82,6 +82,15 @@ def test_a_token_bucket_refills_as_it_goes_not_a_minute_later() -> None:
     admit(meter, tokens=50)
     clock.advance(3600)
     assert meter.state().tpm.remaining == 600  # type: ignore[union-attr]  # never above full
+    # What an answer did not use of its reservation comes back to a bucket (Anthropic's
+    # estimate adjusted to the output made); a sliding minute keeps it (OpenAI's).
+    assert meter.try_acquire(500) is None
+    meter.release(unused_tokens=300)
+    assert meter.state().tpm.remaining == 400  # type: ignore[union-attr]
+    sliding = KeyMeter(KeyLimits(tpm=600), clock)
+    assert sliding.try_acquire(500) is None
+    sliding.release(unused_tokens=300)
+    assert sliding.state().tpm.remaining == 100  # type: ignore[union-attr]
 
 
 def test_a_request_larger_than_the_token_limit_can_never_fit() -> None:

@@ -94,6 +94,7 @@ class AnthropicStyle:
             model=model,
             tokens=input_tokens + max_tokens,
             usage=input_tokens + output_tokens,
+            unused=max_tokens - output_tokens,
             body=answer,
         )
 

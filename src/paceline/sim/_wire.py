@@ -48,6 +48,9 @@ class Call:
     body: Any
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    unused: int = 0
+    """Of ``tokens``, what the answer did not use: a refilling bucket gets it back once
+    the answer is given (Anthropic adjusts its estimate to the output made)."""
 
 
 class Style(Protocol):

@@ -134,12 +134,15 @@ class _Simulator:
             total.rate_limited += 1
             state = meter.state()
             return style.rate_limited(rejection, call, state, style.headers(state))
+        answered = False
         try:
             # Headers describe the meters as the request was admitted, as providers do.
             headers = style.headers(meter.state())
-            return await self._answer(style, call, headers, counts)
+            response = await self._answer(style, call, headers, counts)
+            answered = response.status_code < 400
+            return response
         finally:
-            meter.release()
+            meter.release(call.unused if answered else 0)
 
     async def _answer(
         self, style: Style, call: Call, headers: dict[str, str], counts: _Counts

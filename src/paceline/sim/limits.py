@@ -160,6 +160,11 @@ class TokenBucket:
         self._refill(now)
         self._level -= amount
 
+    def give_back(self, amount: int, now: float) -> None:
+        """Put back what an answer did not use (never above full)."""
+        self._refill(now)
+        self._level = min(float(self.limit), self._level + amount)
+
     def window(self, now: float) -> Window:
         """Limit, what is left (whole) and the instant the bucket is full again."""
         self._refill(now)
@@ -294,9 +299,13 @@ class KeyMeter:
         self.in_flight += 1
         return None
 
-    def release(self) -> None:
-        """Give back the in-flight slot of an admitted request once it is answered."""
+    def release(self, unused_tokens: int = 0) -> None:
+        """Give back the in-flight slot of an admitted request once it is answered, and
+        to a token bucket the tokens the answer did not use (a sliding minute keeps them:
+        OpenAI counts ``max_tokens`` whole)."""
         self.in_flight -= 1
+        if unused_tokens > 0 and isinstance(self.tpm, TokenBucket):
+            self.tpm.give_back(unused_tokens, self._clock.time())
 
     def state(self) -> KeyState:
         """Every meter as it stands now, for rate-limit headers."""
