@@ -33,7 +33,11 @@ def test_no_secret_reaches_a_page_an_answer_a_stream_or_the_metrics(
 ) -> None:
     keys = [*SECRETS, LIMITED, REVOKED]
     sim = sim_server(
-        keys={SECRETS[0]: KeyLimits(), SECRETS[1]: KeyLimits(), LIMITED: KeyLimits(rpm=2)},
+        keys={
+            SECRETS[0]: KeyLimits(),
+            SECRETS[1]: KeyLimits(),
+            LIMITED: KeyLimits(rph=1, rph_left=0, rph_reset=3600),  # every request: 429
+        },
         revoked=frozenset({REVOKED}),
     )
     write_job(tmp_path, sim.url, keys=keys)
