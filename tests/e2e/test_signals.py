@@ -27,6 +27,16 @@ def _start(job: Path, sim_url: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """The run's output once it exits; a run that hangs is killed, not left behind."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+
+
 def _wait_for_in_flight(job: Path, deadline: float = 20.0) -> dict[str, object]:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -87,7 +97,7 @@ def test_a_graceful_stop_with_automatic_concurrency_ends_once_in_flight_items_do
         time.sleep(2.0)  # long enough for the autoscaler to grow the workers
         proc.send_signal(signal.SIGINT)
         started = time.monotonic()
-        _, err = proc.communicate(timeout=60)
+        _, err = _finish(proc, timeout=60)
         assert proc.returncode == 130, err
         assert time.monotonic() - started < 10, "the stop waited out the grace"
     status = json.loads(run_cli("status", job, "--json", cwd=tmp_path).stdout)
@@ -103,7 +113,7 @@ def test_a_run_stopped_by_max_items_with_automatic_concurrency_exits(
     job.write_text(job.read_text().replace("pl.KeyPool(", "pl.KeyPool(rpm=6000, keys="))
     for n in range(1, 4):
         proc = _start(job, sim.url, "--max-items", "600", "--progress", "none")
-        out, err = proc.communicate(timeout=60)
+        out, err = _finish(proc, timeout=60)
         assert proc.returncode == 0, err
         assert "--max-items" in out
         status = json.loads(run_cli("status", job, "--json", cwd=tmp_path).stdout)
