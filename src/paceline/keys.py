@@ -362,11 +362,10 @@ class KeyPool:
         folder = job_folder.get()
         if env_file is not None and folder is not None and not Path(env_file).is_absolute():
             files.append(folder / env_file)  # beside the job file: wins over the cwd's
-        for file in files:
-            if file.is_file():
-                from dotenv import dotenv_values
+        for file in (f for f in files if f.is_file()):
+            from dotenv import dotenv_values
 
-                env.update({k: v for k, v in dotenv_values(file).items() if v is not None})
+            env.update({k: v for k, v in dotenv_values(file).items() if v is not None})
         env.update(os.environ if environ is None else environ)
         numbered = re.compile(rf"^{re.escape(prefix)}_?(\d+)$")
         found = sorted(

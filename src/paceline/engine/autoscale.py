@@ -60,8 +60,6 @@ class Autoscaler:
         while self.state.taking:
             before = self.clock.monotonic()
             await self.clock.sleep(AUTOSCALE_EVERY)
-            if not self.state.taking:
-                break  # the run is ending: its workers are being told to go
             # The event loop late to wake us: this process's CPU is the bound, not the keys.
             lag = self.clock.monotonic() - before - AUTOSCALE_EVERY
             workers = d.size

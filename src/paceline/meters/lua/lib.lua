@@ -257,6 +257,11 @@ local function gcra_take(g, m, cost, at)
   set(g, 't:' .. m.id, fmt(tat))
 end
 
+-- Settle: ``u`` units more (or, negative, fewer) than reserved.
+local function gcra_adjust(g, m, u)
+  if u ~= 0 then set(g, 't:' .. m.id, fmt(fl(g.f['t:' .. m.id], 0) + u * interval(m))) end
+end
+
 -- Token windows as time buckets (NB per window), oldest first; buckets that no window
 -- from ``now`` on can hold are dropped.
 local function buckets(g, m, now, pure)
@@ -317,9 +322,7 @@ end
 
 local function tokens_adjust(g, m, at, change)
   if change == 0 then return end
-  if paced(m) then
-    set(g, 't:' .. m.id, fmt(fl(g.f['t:' .. m.id], 0) + change * interval(m)))
-  end
+  if paced(m) then gcra_adjust(g, m, change) end
   local tb = g.key .. ':tb:' .. m.id
   local field = string.format('%.0f', math.floor(at / (m.seconds / NB)))
   local left = tonumber(redis.call('HINCRBYFLOAT', tb, field, change))
@@ -366,8 +369,7 @@ local function adjust(g, mids, at, change, held)
   for _, m in ipairs(g.meters) do
     if wanted[m.id] then
       if m.kind == 'gcra' then
-        local u = units(m, change)
-        if u ~= 0 then set(g, 't:' .. m.id, fmt(fl(g.f['t:' .. m.id], 0) + u * interval(m))) end
+        gcra_adjust(g, m, units(m, change))
       elseif m.kind == 'tokens' then
         tokens_adjust(g, m, at, math.max(-units(m, held), units(m, change)))
       elseif m.kind == 'day' then

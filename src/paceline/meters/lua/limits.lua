@@ -89,14 +89,12 @@ if op == 'learn' then
     for _, m in ipairs(g.meters) do if m.learned == '1' then learned = learned + 1 end end
     set(g, 'm:' .. mid, table.concat({count, seconds, burst, 1000 + learned, '1', mode}, '|'))
     local k = kind(mid, tonumber(seconds), mode)
-    if used > 0 and k == 'gcra' then
+    if used > 0 and (k == 'gcra' or (k == 'tokens' and mode ~= 'f')) then
+      -- paced (smooth token windows too): as if spent at the meter's rate up to now
       local i = tonumber(seconds) / (count - burst + 1)
       set(g, 't:' .. mid, fmt(math.max(fl(g.f['t:' .. mid], 0), now + used * i)))
-    elseif used > 0 and k == 'tokens' then
-      if mode ~= 'f' then  -- paced too: as a GCRA meter seeded
-        local i = tonumber(seconds) / (count - burst + 1)
-        set(g, 't:' .. mid, fmt(math.max(fl(g.f['t:' .. mid], 0), now + used * i)))
-      end
+    end
+    if used > 0 and k == 'tokens' then
       local w = tonumber(seconds) / NB
       local tb = G .. ':tb:' .. mid
       redis.call('HINCRBYFLOAT', tb, string.format('%.0f', math.floor(now / w)), used)
